@@ -17,8 +17,8 @@ PLOTS_TEMPLATE := tools/dvc-plots/offline.html
 PLOTS_OUT ?= dvc_plots
 
 # Stage commands run by DVC (`python -m ecif.notebook_runner ...`) must find the venv's python.
-export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
-export VIRTUAL_ENV := $(CURDIR)/$(VENV)
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export VIRTUAL_ENV := $(abspath $(VENV))
 export DVC_NO_ANALYTICS := 1
 export PYTHON VENV
 

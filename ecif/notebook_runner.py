@@ -289,6 +289,7 @@ def run_stage(
             str(executed),
             parameters=parameters,
             kernel_name=kernel_name,
+            language="python",  # needed when the notebook has no kernelspec metadata
             cwd=str(root),
             progress_bar=False,
             log_output=log_output,
