@@ -39,6 +39,7 @@ import argparse
 import ast
 import copy
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -283,6 +284,7 @@ def run_stage(
         f" (kernel {kernel_name}; parameters: {', '.join(f'{k}={v!r}' for k, v in parameters.items()) or 'none'})",
         flush=True,
     )
+    start = time.perf_counter()
     try:
         pm.execute_notebook(
             str(nb_path),
@@ -298,6 +300,7 @@ def run_stage(
         # Export even a failed run: the HTML shows the traceback in place.
         if html and executed.is_file():
             export_html(executed, html_path)
+    print(f"[notebook_runner] stage {stage}: done in {time.perf_counter() - start:.1f} s", flush=True)
     return executed
 
 
