@@ -298,4 +298,34 @@ def load_corruption(folder: str | Path) -> Corruption:
     )
 
 
+def main(argv: list[str] | None = None) -> None:
+    """``python -m ecif.noise inject --dataset digits --data data --kind shuffle --rate 0.2 --seed 0 --out DIR``."""
+    import argparse
+
+    from ecif.data import load_dataset
+
+    p = argparse.ArgumentParser(prog="python -m ecif.noise", description=main.__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("inject", help="corrupt the train split and save captions + ground-truth mask")
+    c.add_argument("--dataset", default="digits")
+    c.add_argument("--data", default=None)
+    c.add_argument("--kind", required=True, choices=KINDS)
+    c.add_argument("--rate", type=float, required=True)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--attribute", default=None)
+    c.add_argument("--source", default=None)
+    c.add_argument("--target", default=None)
+    c.add_argument("--systematic", action="store_true")
+    c.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    ds = load_dataset(a.dataset, root=a.data)
+    res = inject(ds["train"], ds.spec, a.kind, a.rate, a.seed, attribute=a.attribute, source=a.source,
+                 target=a.target, systematic=a.systematic, out_dir=a.out)
+    print(f"corrupted {int(res.mask.sum())} of {len(res.mask)} train pairs ({a.kind}) -> {a.out}")
+
+
 __all__ = ["KINDS", "Corruption", "inject", "n_corrupted", "save_corruption", "load_corruption", "TEMPLATE"]
+
+
+if __name__ == "__main__":
+    main()
