@@ -14,6 +14,7 @@ VENV ?= .venv
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 PYTEST_ARGS ?=
 PLOTS_TEMPLATE := tools/dvc-plots/offline.html
+PULL_TARGETS ?= $(wildcard *.dvc)
 PLOTS_OUT ?= dvc_plots
 
 # Stage commands run by DVC (`python -m ecif.notebook_runner ...`) must find the venv's python.
@@ -34,11 +35,15 @@ help:
 setup:
 	@tools/setup-venv.sh
 
+# Pull only the tracked inputs (data.dvc), not stage outputs recorded in dvc.lock:
+# those are rebuilt by dvc repro and are not in the in-repo remote.
 pull: setup
-	@if [ -d .dvc ]; then \
-		echo "[repro] dvc pull"; dvc pull; \
-	else \
+	@if [ ! -d .dvc ]; then \
 		echo "[repro] no .dvc/ directory yet: skipping dvc pull"; \
+	elif [ -z "$(PULL_TARGETS)" ]; then \
+		echo "[repro] no *.dvc files: nothing to pull"; \
+	else \
+		echo "[repro] dvc pull $(PULL_TARGETS)"; dvc pull $(PULL_TARGETS); \
 	fi
 
 repro: pull
