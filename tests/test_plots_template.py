@@ -41,3 +41,24 @@ def test_dvc_render_accepts_template(tmp_path: Path) -> None:
     # the inlined library code comes through byte for byte
     assert page.count("<script>/* vega") == 3
     del dvc_render
+
+
+@pytest.mark.slow
+def test_renders_offline_in_headless_chromium() -> None:
+    """Runs tools/dvc-plots/check_offline.sh where Chromium is installed (not on a bare machine)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    if not (Path(sys.prefix) / "bin" / "dvc").exists():
+        pytest.skip("dvc not in this environment")
+    script = TEMPLATE.parent / "check_offline.sh"
+    env = {**os.environ, "VENV_DVC": str(Path(sys.prefix) / "bin" / "dvc")}
+    result = subprocess.run(
+        ["bash", str(script)], capture_output=True, text=True, timeout=240, env=env
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK: the offline template renders without network" in result.stdout

@@ -11,7 +11,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 TEMPLATE="$ROOT/tools/dvc-plots/offline.html"
-DVC="$ROOT/.venv/bin/dvc"
+DVC="${VENV_DVC:-$ROOT/.venv/bin/dvc}"
 BROWSER="${CHROMIUM:-$(command -v chromium || command -v chromium-browser || true)}"
 SHOT="${1:+$(realpath -m "$1")}"
 [ -n "$BROWSER" ] || { echo "chromium not found (apt-get install chromium)" >&2; exit 2; }
@@ -22,7 +22,7 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 cd "$work"
 git init -q . && "$DVC" init -q
-"$ROOT/.venv/bin/python" - <<'PY'
+python3 - <<'PY'
 import json
 rows = [{"k": k, "precision": round(1 / (1 + 0.1 * k), 4)} for k in range(1, 21)]
 json.dump(rows, open("curve.json", "w"))
