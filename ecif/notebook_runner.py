@@ -202,10 +202,11 @@ def select_parameters(
     """Check the stage's keys against the notebook and build what papermill injects."""
     unknown = sorted(k for k in strict if k not in defined)
     if unknown:
+        known = ", ".join(sorted(defined)) or "none"
         raise StageError(
             f"stage {stage!r}: parameter(s) {', '.join(unknown)} are not defined in the "
-            f"'parameters' cell of {notebook} (defined there: {', '.join(sorted(defined)) or 'none'})"
-            ". Fix the spelling in the parameters file or add a default to that cell."
+            f"'parameters' cell of {notebook} (defined there: {known}). Fix the spelling in "
+            "the parameters file or add a default to that cell."
         )
     injected = {k: v for k, v in common.items() if k in defined}
     injected.update(strict)
@@ -218,12 +219,16 @@ def pick_kernel(preferred: str = PREFERRED_KERNEL) -> str:
         from jupyter_client.kernelspec import KernelSpecManager
 
         specs = KernelSpecManager().find_kernel_specs()
-    except Exception:  # pragma: no cover - broken Jupyter install; let papermill complain
+    except Exception:  # noqa: BLE001  # broken Jupyter install: let papermill complain
         return FALLBACK_KERNEL
     return preferred if preferred in specs else FALLBACK_KERNEL
 
 
 # ------------------------------------------------------------------------------- running
+
+
+def _short(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
 def export_html(executed: Path, html_path: Path) -> None:
@@ -278,10 +283,10 @@ def run_stage(
     executed = out_dir / nb_path.name
     html_path = executed.with_suffix(".html")
     kernel_name = kernel or pick_kernel()
+    shown = ", ".join(f"{k}={v!r}" for k, v in parameters.items()) or "none"
     print(
-        f"[notebook_runner] stage {stage}: {nb_path.relative_to(root) if nb_path.is_relative_to(root) else nb_path}"
-        f" -> {executed.relative_to(root) if executed.is_relative_to(root) else executed}"
-        f" (kernel {kernel_name}; parameters: {', '.join(f'{k}={v!r}' for k, v in parameters.items()) or 'none'})",
+        f"[notebook_runner] stage {stage}: {_short(nb_path, root)} -> {_short(executed, root)}"
+        f" (kernel {kernel_name}; parameters: {shown})",
         flush=True,
     )
     start = time.perf_counter()
@@ -300,7 +305,9 @@ def run_stage(
         # Export even a failed run: the HTML shows the traceback in place.
         if html and executed.is_file():
             export_html(executed, html_path)
-    print(f"[notebook_runner] stage {stage}: done in {time.perf_counter() - start:.1f} s", flush=True)
+    print(
+        f"[notebook_runner] stage {stage}: done in {time.perf_counter() - start:.1f} s", flush=True
+    )
     return executed
 
 
@@ -310,22 +317,41 @@ def build_parser() -> argparse.ArgumentParser:
         description="Execute the notebook of one pipeline stage with papermill, parameters from "
         "params.yaml; write reports/<notebook>.ipynb and .html.",
     )
-    parser.add_argument("stage", help="stage name; its parameters are the top-level group of that name")
-    parser.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
     parser.add_argument(
-        "--override", "-o", action="append", default=[], metavar="KEY=VALUE",
+        "stage", help="stage name; its parameters are the top-level group of that name"
+    )
+    parser.add_argument(
+        "--params", default="params.yaml", help="parameters file (default: params.yaml)"
+    )
+    parser.add_argument(
+        "--override",
+        "-o",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override one stage parameter (value read as YAML); repeatable",
     )
     parser.add_argument(
-        "--group", "-g", action="append", default=None, metavar="GROUP",
+        "--group",
+        "-g",
+        action="append",
+        default=None,
+        metavar="GROUP",
         help="parameter group(s) to use instead of the one named after the stage; repeatable",
     )
-    parser.add_argument("--notebook", help="notebook name or path (default: from params.yaml or inferred)")
+    parser.add_argument(
+        "--notebook", help="notebook name or path (default: from params.yaml or inferred)"
+    )
     parser.add_argument("--notebooks-dir", default="notebooks")
     parser.add_argument("--reports-dir", default="reports")
-    parser.add_argument("--kernel", help=f"Jupyter kernel (default: {PREFERRED_KERNEL} if installed, else {FALLBACK_KERNEL})")
+    parser.add_argument(
+        "--kernel",
+        help=f"Jupyter kernel (default: {PREFERRED_KERNEL} if installed, else {FALLBACK_KERNEL})",
+    )
     parser.add_argument("--no-html", action="store_true", help="skip the HTML export")
-    parser.add_argument("--log-output", action="store_true", help="stream cell output to the terminal")
+    parser.add_argument(
+        "--log-output", action="store_true", help="stream cell output to the terminal"
+    )
     return parser
 
 
@@ -347,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     except StageError as exc:
         print(f"notebook_runner: error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # papermill execution errors: short message, details in the report
+    except Exception as exc:  # noqa: BLE001  # execution error: short message, details in report
         name = type(exc).__name__
         print(f"notebook_runner: stage {args.stage!r} failed ({name}): {exc}", file=sys.stderr)
         return 1

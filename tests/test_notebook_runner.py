@@ -10,7 +10,7 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("papermill")
 
-from ecif import notebook_runner as nr  # noqa: E402
+from ecif import notebook_runner as nr
 
 
 def write_notebook(path: Path, parameters_source: str | None) -> None:
@@ -31,7 +31,11 @@ def write_notebook(path: Path, parameters_source: str | None) -> None:
         )
     )
     nb = nbformat.v4.new_notebook(cells=cells)
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, str(path))
 
@@ -74,8 +78,20 @@ def test_unknown_parameter_fails_before_executing(project: Path, capsys) -> None
     # stage "typo" maps to the same notebook; its key `rtae` is not defined there
     params = project / "params.yaml"
     params.write_text(params.read_text() + "notebooks:\n  typo: 01_toy\n")
-    assert nr.main(["typo", "--params", str(params), "--notebooks-dir", str(project / "notebooks"),
-                    "--reports-dir", str(project / "reports")]) == 2
+    assert (
+        nr.main(
+            [
+                "typo",
+                "--params",
+                str(params),
+                "--notebooks-dir",
+                str(project / "notebooks"),
+                "--reports-dir",
+                str(project / "reports"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "rtae" in err and "not defined in the 'parameters' cell" in err
     assert not (project / "reports" / "01_toy.ipynb").exists()
@@ -91,7 +107,9 @@ def test_notebook_resolution(tmp_path: Path) -> None:
     write_notebook(nbs / "02_fit.ipynb", "a = 1")
     write_notebook(nbs / "fit_extra.ipynb", "a = 1")
     assert nr.resolve_notebook("fit", {}, nbs) == nbs / "02_fit.ipynb"
-    assert nr.resolve_notebook("x", {"notebooks": {"x": "fit_extra"}}, nbs) == nbs / "fit_extra.ipynb"
+    assert (
+        nr.resolve_notebook("x", {"notebooks": {"x": "fit_extra"}}, nbs) == nbs / "fit_extra.ipynb"
+    )
     with pytest.raises(nr.StageError, match="no notebook for stage"):
         nr.resolve_notebook("missing", {}, nbs)
 
