@@ -312,14 +312,49 @@ def load_default(out_dir: str | Path):
 # any open_clip architecture
 
 
+def _offline() -> bool:
+    return os.environ.get("ECIF_ALLOW_DOWNLOAD") != "1" or os.environ.get("HF_HUB_OFFLINE") == "1"
+
+
+def _cached_checkpoint(cfg: dict, cache_dir: str | Path | None) -> str | None:
+    """Local file of pretrained config ``cfg`` if it is already on disk (no network), else None.
+
+    Mirrors open_clip's lookup: Hugging Face entries ``org/repo/[file]`` (safetensors variant
+    first) in the Hugging Face cache, URL entries in ``cache_dir`` or ``~/.cache/clip``.
+    """
+    if cfg.get("file"):
+        return cfg["file"] if Path(cfg["file"]).is_file() else None
+    if cfg.get("hf_hub"):
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = os.path.split(cfg["hf_hub"])
+        filename = filename or "open_clip_pytorch_model.bin"
+        names = [filename[: filename.rfind(".")] + ".safetensors", filename]
+        if filename == "open_clip_pytorch_model.bin":
+            names[0] = "open_clip_model.safetensors"
+        for name in names:
+            hit = try_to_load_from_cache(repo, name, cache_dir=None if cache_dir is None else str(cache_dir))
+            if isinstance(hit, str) and Path(hit).is_file():
+                return hit
+        return None
+    if cfg.get("url"):
+        f = Path(cache_dir or Path.home() / ".cache" / "clip") / os.path.basename(cfg["url"])
+        return str(f) if f.is_file() else None
+    return None
+
+
 def load_pretrained(arch: str, pretrained: str | Path, cache_dir: str | Path | None = None):
     """(model, tokenizer) of open_clip architecture ``arch`` with weights ``pretrained``: a tag
     from ``open_clip.list_pretrained_tags_by_model(arch)`` or a local checkpoint file.
 
+    Offline (the default: unless ``ECIF_ALLOW_DOWNLOAD=1``) a tag is first resolved to a file
+    already in the cache (``cache_dir`` or the Hugging Face / ``~/.cache/clip`` default), so a
+    missing download fails before the model is even built, whatever was imported first.
+
     Raises:
         ValueError: unknown architecture or tag.
-        WeightsUnavailableError: the weights are not on disk and cannot be downloaded (e.g.
-            offline, ``HF_HUB_OFFLINE=1``); the message names them and how to provide them.
+        WeightsUnavailableError: the weights are not on disk and cannot be downloaded; the
+            message names them and how to provide them.
     """
     if arch not in open_clip.list_models():
         raise ValueError(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
@@ -327,25 +362,29 @@ def load_pretrained(arch: str, pretrained: str | Path, cache_dir: str | Path | N
     is_path = p.suffix in {".pt", ".pth", ".bin", ".safetensors"} or os.sep in str(pretrained)
     if is_path and not p.is_file():
         raise WeightsUnavailableError(f"checkpoint file {str(p)!r} for {arch} does not exist; pass an existing local checkpoint path or a pretrained tag")
+    source = str(p)
     if not is_path:
         tags = open_clip.list_pretrained_tags_by_model(arch)
         if str(pretrained) not in tags:
             raise ValueError(f"{arch!r} has no pretrained tag {str(pretrained)!r}; available tags: {tags}")
-    try:
-        model = open_clip.create_model(arch, pretrained=str(p if is_path else pretrained), cache_dir=None if cache_dir is None else str(cache_dir))
-    except Exception as e:  # huggingface_hub offline/entry-not-found errors, URL errors, ...
-        if is_path:
-            raise
         cfg = open_clip.get_pretrained_cfg(arch, str(pretrained))
         where = f"Hugging Face repo {cfg['hf_hub']!r}" if cfg.get("hf_hub") else f"URL {cfg.get('url', '?')}"
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        raise WeightsUnavailableError(
-            f"pretrained weights {arch} / {pretrained} ({where}) are not available"
-            f"{' offline (HF_HUB_OFFLINE=1)' if offline else ''}: {type(e).__name__}: {str(e)[:200]}. Provide them by "
-            f"passing a local checkpoint file as `pretrained` (e.g. open_clip_pytorch_model.bin), or a `cache_dir` that "
-            f"already holds the download (default: the Hugging Face cache), or by running once with network "
-            f"and ECIF_ALLOW_DOWNLOAD=1 set before importing ecif.encoders."
-        ) from e
+        hint = (
+            f"pretrained weights {arch} / {pretrained} ({where}) are not available offline. Provide them by passing a "
+            f"local checkpoint file as `pretrained` (e.g. the repo's open_clip_pytorch_model.bin), or a `cache_dir` that "
+            f"already holds the download (default: the Hugging Face cache / ~/.cache/clip), or by running once with "
+            f"network and ECIF_ALLOW_DOWNLOAD=1 (and HF_HUB_OFFLINE unset)."
+        )
+        local = _cached_checkpoint(cfg, cache_dir)
+        if local is None and _offline():
+            raise WeightsUnavailableError(hint)
+        source = local or str(pretrained)
+    try:
+        model = open_clip.create_model(arch, pretrained=source, cache_dir=None if cache_dir is None else str(cache_dir))
+    except Exception as e:  # download errors when downloads are allowed
+        if is_path:
+            raise
+        raise WeightsUnavailableError(f"{hint} ({type(e).__name__}: {str(e)[:200]})") from e
     return model.eval(), open_clip.get_tokenizer(arch)
 
 
