@@ -264,7 +264,7 @@ SHAPES_SPEC = CaptionSpec(
     prompt_template="a photo of a {shape}",
     compositional=True,
 )
-SHAPES_DEFAULT_SIZES = {"pretrain": 2000, "train": 400, "val": 300, "test": 300}
+SHAPES_DEFAULT_SIZES = {"pretrain": 1200, "train": 400, "val": 200, "test": 200}
 
 
 def render_shapes(attributes: dict[str, np.ndarray], seed: int, image_size: int = 32) -> np.ndarray:
@@ -306,7 +306,7 @@ def shapes(seed: int = 0, sizes: dict | None = None, image_size: int = 32) -> Da
     """Generated coloured shapes with size and position; captions like "a small red circle at
     the top left". Attributes are drawn uniformly and independently (seeded), so every split
     carries exact attribute-level ground truth. Labels are the ``shape`` attribute (3 classes).
-    Default sizes: pretrain 2000, train 400, val 300, test 300 (any counts allowed)."""
+    Default sizes: pretrain 1200, train 400, val 200, test 200 (any counts allowed)."""
     counts = _split_sizes(10**9, sizes or SHAPES_DEFAULT_SIZES, SHAPES_DEFAULT_SIZES)
     n = sum(counts.values())
     rng = np.random.default_rng([seed, 3])
