@@ -120,6 +120,7 @@ class Split:
             (plus ``template``); captions are ``spec.render(attributes)``.
         index: int array (n,) of the pairs' positions in the source pool; disjoint across splits.
         labels: int array (n,) of class labels, or ``None``.
+        spec: the data set's :class:`CaptionSpec` (lets a split be corrupted on its own).
     """
 
     images: np.ndarray
@@ -127,6 +128,7 @@ class Split:
     attributes: dict[str, np.ndarray]
     index: np.ndarray
     labels: np.ndarray | None = None
+    spec: CaptionSpec | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -140,6 +142,7 @@ class Split:
             attributes={k: v[rows] for k, v in self.attributes.items()},
             index=self.index[rows],
             labels=None if self.labels is None else self.labels[rows],
+            spec=self.spec,
         )
 
 
@@ -204,7 +207,7 @@ def _build(name, images, attributes, spec, parts, seed, info=None) -> Dataset:
         attrs = {k: v[idx] for k, v in attributes.items()}
         caps = spec.render(attrs) if len(idx) else []
         labels = None if spec.label_attribute is None else attrs[spec.label_attribute].astype(np.int64)
-        splits[s] = Split(images=images[idx], captions=caps, attributes=attrs, index=idx.astype(np.int64), labels=labels)
+        splits[s] = Split(images=images[idx], captions=caps, attributes=attrs, index=idx.astype(np.int64), labels=labels, spec=spec)
     return Dataset(name=name, splits=splits, spec=spec, seed=seed, info=info or {})
 
 
@@ -426,7 +429,7 @@ def torchvision_dataset(
         attrs = {"label": y[r], TEMPLATE: np.zeros(len(r), dtype=np.int64)}
         # test indices are offset so indices stay unique across the two official splits
         index = r + (len(y_tr) if s == "test" else 0)
-        splits[s] = Split(_tv_images(src, r, image_size), spec.render(attrs) if len(r) else [], attrs, index.astype(np.int64), y[r])
+        splits[s] = Split(_tv_images(src, r, image_size), spec.render(attrs) if len(r) else [], attrs, index.astype(np.int64), y[r], spec)
     return Dataset(name=name, splits=splits, spec=spec, seed=seed, info={"root": str(root), "image_size": image_size})
 
 
@@ -492,6 +495,7 @@ def read_dataset(folder: str | Path) -> Dataset:
             attributes=attrs,
             index=np.load(folder / f"{s}_index.npy", allow_pickle=False),
             labels=labels,
+            spec=spec,
         )
     return Dataset(name=meta["name"], splits=splits, spec=spec, seed=int(meta["seed"]), info=meta.get("info", {}))
 

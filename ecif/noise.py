@@ -1,6 +1,6 @@
 """Misalignment injection: corrupt a controlled fraction of a split's captions, with ground truth.
 
-``inject(split, spec, kind, rate, seed)`` picks exactly ``m = floor(rate * n + 0.5)`` pairs
+``inject(split, kind, rate, seed)`` picks exactly ``m = floor(rate * n + 0.5)`` pairs
 (round half up) of an ``n``-pair split and changes their captions; images never change. It
 returns a :class:`Corruption` with the new captions and attribute codes and a boolean mask
 (n,) that is true exactly where the caption text changed. Kinds:
@@ -185,11 +185,11 @@ def _attribute_swap(split, spec, m, rng, attrs, attribute, source, target, syste
 
 def inject(
     split: Split,
-    spec: CaptionSpec,
     kind: str,
     rate: float,
     seed: int = 0,
     *,
+    spec: CaptionSpec | None = None,
     attribute: str | None = None,
     source: str | None = None,
     target: str | None = None,
@@ -200,10 +200,10 @@ def inject(
 
     Args:
         split: the (train) split to corrupt; it is not modified.
-        spec: the data set's caption spec (``dataset.spec``).
         kind: ``shuffle``, ``label_flip`` or ``attribute_swap``.
         rate: fraction of pairs to corrupt, in [0, 1).
         seed: seed of every random choice.
+        spec: the data set's caption spec; default ``split.spec``.
         attribute: attribute_swap only: the attribute to change (default: random per pair;
             systematic: ``color`` if present).
         source, target: systematic swap values (default: the most frequent value -> a random other one).
@@ -217,6 +217,9 @@ def inject(
         ValueError: rate outside [0, 1), unknown kind, kind unsupported by the data set, or
             an impossible request (e.g. too few pairs with the systematic source value).
     """
+    spec = spec if spec is not None else split.spec
+    if spec is None:
+        raise ValueError("the split carries no caption spec; pass spec=dataset.spec")
     _check(split, spec, kind, rate)
     if kind != "attribute_swap" and (systematic or attribute or source or target):
         raise ValueError("attribute, source, target and systematic only apply to kind='attribute_swap'")
@@ -319,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--out", required=True)
     a = p.parse_args(argv)
     ds = load_dataset(a.dataset, root=a.data)
-    res = inject(ds["train"], ds.spec, a.kind, a.rate, a.seed, attribute=a.attribute, source=a.source,
+    res = inject(ds["train"], a.kind, a.rate, a.seed, attribute=a.attribute, source=a.source,
                  target=a.target, systematic=a.systematic, out_dir=a.out)
     print(f"corrupted {int(res.mask.sum())} of {len(res.mask)} train pairs ({a.kind}) -> {a.out}")
 

@@ -60,7 +60,7 @@ def test_builtin_text_transformer_clip(ds):
 
 def test_extract_save_load(tiny, ds, tmp_path):
     model, tok = tiny
-    noise = inject(ds["train"], ds.spec, "label_flip", 0.2, seed=0)
+    noise = inject(ds["train"], "label_flip", 0.2, seed=0)
     feats = extract_features(model, tok, ds, noise, progress=False)
     save_features(tmp_path, feats)
     back = load_features(tmp_path)

@@ -25,7 +25,7 @@ def _changed(split, c):
 @pytest.mark.parametrize("rate", [0.0, 0.05, 0.2, 0.5, 0.9])
 def test_exact_count_and_mask_digits(dig, kind, rate):
     sp = dig["train"]
-    c = inject(sp, dig.spec, kind, rate, seed=3)
+    c = inject(sp, kind, rate, seed=3)
     assert c.mask.dtype == bool and c.mask.sum() == n_corrupted(rate, len(sp)) == int(np.floor(rate * len(sp) + 0.5))
     np.testing.assert_array_equal(c.mask, _changed(sp, c))
     np.testing.assert_array_equal(c.caption_labels[~c.mask], sp.labels[~c.mask])
@@ -33,14 +33,14 @@ def test_exact_count_and_mask_digits(dig, kind, rate):
         assert (c.caption_labels[c.mask] != sp.labels[c.mask]).all()
     if kind == "shuffle" and rate > 0:  # a permutation of the chosen captions
         assert sorted(np.array(sp.captions)[c.mask]) == sorted(np.array(c.captions)[c.mask])
-    again = inject(sp, dig.spec, kind, rate, seed=3)
+    again = inject(sp, kind, rate, seed=3)
     assert again.captions == c.captions
 
 
 @pytest.mark.parametrize("kind,kw", [("shuffle", {}), ("attribute_swap", {}), ("attribute_swap", {"attribute": "position"}), ("label_flip", {})])
 def test_exact_count_and_mask_shapes(shp, kind, kw):
     sp = shp["train"]
-    c = inject(sp, shp.spec, kind, 0.25, seed=0, **kw)
+    c = inject(sp, kind, 0.25, seed=0, **kw)
     assert c.mask.sum() == 100
     np.testing.assert_array_equal(c.mask, _changed(sp, c))
     if kind == "attribute_swap":  # exactly one attribute changed per corrupted pair
@@ -53,17 +53,17 @@ def test_exact_count_and_mask_shapes(shp, kind, kw):
 def test_shuffle_small_sets_and_identical_captions(dig):
     sp = dig["train"].subset(np.arange(40))
     for rate in (0.05, 0.1, 0.5):
-        c = inject(sp, dig.spec, "shuffle", rate, seed=1)
+        c = inject(sp, "shuffle", rate, seed=1)
         np.testing.assert_array_equal(c.mask, _changed(sp, c))
     one = sp.subset(np.flatnonzero(sp.labels == sp.labels[0]))
     same = one.subset(np.flatnonzero(np.array(one.captions) == one.captions[0]))
     with pytest.raises(ValueError, match="derange"):
-        inject(same, dig.spec, "shuffle", 0.5, seed=0)  # every caption identical: no derangement
+        inject(same, "shuffle", 0.5, seed=0)  # every caption identical: no derangement
 
 
 def test_systematic_swap_is_consistent(shp, tmp_path):
     sp = shp["train"]
-    c = inject(sp, shp.spec, "attribute_swap", 0.1, seed=0, systematic=True, attribute="color", source="red", target="blue",
+    c = inject(sp, "attribute_swap", 0.1, seed=0, systematic=True, attribute="color", source="red", target="blue",
                out_dir=tmp_path)
     red, blue = shp.spec.values["color"].index("red"), shp.spec.values["color"].index("blue")
     assert c.mask.sum() == 40
@@ -76,21 +76,35 @@ def test_systematic_swap_is_consistent(shp, tmp_path):
     np.testing.assert_array_equal(back.mask, c.mask)
     assert back.captions == c.captions and back.details["swap"] == ("color", "red", "blue")
     with pytest.raises(ValueError, match="only"):
-        inject(sp, shp.spec, "attribute_swap", 0.5, seed=0, systematic=True, source="red", target="blue")
+        inject(sp, "attribute_swap", 0.5, seed=0, systematic=True, source="red", target="blue")
 
 
 @pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5])
 def test_bad_rate(dig, rate):
     with pytest.raises(ValueError, match=r"rate must be in \[0, 1\)"):
-        inject(dig["train"], dig.spec, "shuffle", rate)
+        inject(dig["train"], "shuffle", rate)
 
 
 def test_bad_kinds(dig, shp):
     with pytest.raises(ValueError, match="unknown misalignment kind"):
-        inject(dig["train"], dig.spec, "swap", 0.1)
+        inject(dig["train"], "swap", 0.1)
     with pytest.raises(ValueError, match="compositional"):
-        inject(dig["train"], dig.spec, "attribute_swap", 0.1)
+        inject(dig["train"], "attribute_swap", 0.1)
     with pytest.raises(ValueError, match="only apply"):
-        inject(dig["train"], dig.spec, "shuffle", 0.1, systematic=True)
+        inject(dig["train"], "shuffle", 0.1, systematic=True)
     with pytest.raises(ValueError, match="not a value"):
-        inject(shp["train"], shp.spec, "attribute_swap", 0.1, systematic=True, source="pink", target="red")
+        inject(shp["train"], "attribute_swap", 0.1, systematic=True, source="pink", target="red")
+
+
+def test_apply_and_cli(dig, tmp_path):
+    from ecif.noise import main
+
+    sp = dig["train"]
+    c = inject(sp, "label_flip", 0.1, seed=0)
+    noisy = c.apply(sp)
+    assert noisy.captions == c.captions and noisy.images is sp.images
+    np.testing.assert_array_equal(noisy.labels, sp.labels)  # labels stay the images' true labels
+    main(["inject", "--dataset", "digits", "--kind", "shuffle", "--rate", "0.2", "--out", str(tmp_path)])
+    back = load_corruption(tmp_path)
+    np.testing.assert_array_equal(back.mask, inject(sp, "shuffle", 0.2, seed=0).mask)
+    assert (tmp_path / "noise_mask.npy").exists() and back.mask.sum() == n_corrupted(0.2, len(sp))
