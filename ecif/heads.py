@@ -1,0 +1,183 @@
+"""Trainable parametrizations on top of frozen CLIP features.
+
+Both map frozen image features ``x`` (``(n, d_img)``) and text features ``y`` (``(n, d_txt)``)
+to unnormalised embeddings ``W_img x`` and ``W_txt y`` of width ``e``, and carry the log
+logit-scale ``t`` (logit scale ``s = exp(t)``). All trainable parameters live in one flat float64
+vector ``theta`` of length :attr:`n_params`; ``theta0`` is its starting value, and the objective
+regularises towards ``theta0`` (never towards zero: with normalised embeddings the loss is
+invariant to the scale of a projection, so a pull to zero has no minimum).
+
+* :class:`LinearHeads`: ``theta = [vec(W_img), vec(W_txt), t]``, started at base projections.
+* :class:`LoRAHeads`: ``W = W0 + B A`` with frozen ``W0`` and rank-``r`` factors,
+  ``theta = [vec(A_img), vec(B_img), vec(A_txt), vec(B_txt), t]``, started at ``B = 0`` and a
+  seeded random ``A`` (the usual LoRA initialisation), so ``W(theta0) = W0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["Parametrization", "LinearHeads", "LoRAHeads", "Prepared"]
+
+DTYPE = torch.float64
+
+
+def _as_matrix(w, name: str) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(w) if not isinstance(w, torch.Tensor) else w).to(DTYPE)
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be a matrix (e, d), got shape {tuple(t.shape)}.")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or Inf values.")
+    return t.clone()
+
+
+@dataclass
+class Prepared:
+    """Frozen features turned into what :meth:`Parametrization.embed` needs (cached products)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    x_base: torch.Tensor | None = None  # x @ W0_img.T  (LoRA only)
+    y_base: torch.Tensor | None = None  # y @ W0_txt.T
+
+
+class Parametrization:
+    """Interface: a flat parameter vector ``theta`` -> embeddings and log logit-scale."""
+
+    d_img: int
+    d_txt: int
+    width: int
+    n_params: int
+    theta0: torch.Tensor
+
+    def prepare(self, x: torch.Tensor, y: torch.Tensor) -> Prepared:
+        """Cache what does not depend on ``theta`` (shapes are checked by the objective)."""
+        return Prepared(x=x, y=y)
+
+    def embed(self, theta: torch.Tensor, data: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unnormalised embeddings ``(n, e)`` of images and texts."""
+        raise NotImplementedError
+
+    def image_projection(self, theta: torch.Tensor) -> torch.Tensor:
+        """The effective image projection ``W_img(theta)`` of shape ``(e, d_img)``."""
+        raise NotImplementedError
+
+    def text_projection(self, theta: torch.Tensor) -> torch.Tensor:
+        """The effective text projection ``W_txt(theta)`` of shape ``(e, d_txt)``."""
+        raise NotImplementedError
+
+    def log_scale(self, theta: torch.Tensor) -> torch.Tensor:
+        """The log logit-scale ``t`` (last entry of ``theta``); the logit scale is ``exp(t)``."""
+        return theta[-1]
+
+    def check_theta(self, theta: torch.Tensor) -> torch.Tensor:
+        """Validate a parameter vector: shape ``(n_params,)``, finite; returned as float64."""
+        theta = torch.as_tensor(theta)
+        if theta.shape != (self.n_params,):
+            raise ValueError(
+                f"theta must have shape ({self.n_params},) for {type(self).__name__}, got "
+                f"{tuple(theta.shape)}."
+            )
+        if not torch.isfinite(theta).all():
+            raise ValueError("theta contains NaN or Inf values.")
+        return theta.to(DTYPE)
+
+
+class LinearHeads(Parametrization):
+    """Full linear projection heads ``W_img (e, d_img)``, ``W_txt (e, d_txt)`` and ``t``.
+
+    ``n_params = e*d_img + e*d_txt + 1``. ``theta0`` packs the given base projections and
+    ``log_scale0``.
+    """
+
+    def __init__(self, w_img0, w_txt0, log_scale0: float):
+        w_img0, w_txt0 = _as_matrix(w_img0, "w_img0"), _as_matrix(w_txt0, "w_txt0")
+        if w_img0.shape[0] != w_txt0.shape[0]:
+            raise ValueError(
+                f"image and text projections must share the embedding width e, got "
+                f"{w_img0.shape[0]} and {w_txt0.shape[0]}."
+            )
+        self.width, self.d_img = w_img0.shape
+        self.d_txt = w_txt0.shape[1]
+        self._n_img = self.width * self.d_img
+        self._n_txt = self.width * self.d_txt
+        self.n_params = self._n_img + self._n_txt + 1
+        self.theta0 = torch.cat(
+            [w_img0.reshape(-1), w_txt0.reshape(-1), torch.tensor([float(log_scale0)], dtype=DTYPE)]
+        )
+
+    def image_projection(self, theta):
+        return theta[: self._n_img].reshape(self.width, self.d_img)
+
+    def text_projection(self, theta):
+        return theta[self._n_img : self._n_img + self._n_txt].reshape(self.width, self.d_txt)
+
+    def embed(self, theta, data):
+        return data.x @ self.image_projection(theta).T, data.y @ self.text_projection(theta).T
+
+
+class LoRAHeads(Parametrization):
+    """LoRA adapters of rank ``r`` on fixed base projections: ``W = W0 + B A``.
+
+    Shapes: ``A_img (r, d_img)``, ``B_img (e, r)``, ``A_txt (r, d_txt)``, ``B_txt (e, r)``;
+    ``n_params = r*(d_img + d_txt + 2e) + 1``. ``theta0``: ``A ~ N(0, 1/d)`` drawn from ``seed``,
+    ``B = 0``, ``t = log_scale0``. Note the symmetry ``B A = (B G)(G^-1 A)``: the unregularised
+    Hessian is singular along it; the L2 pull to ``theta0`` (and damping) removes that.
+    """
+
+    def __init__(self, w_img0, w_txt0, log_scale0: float, rank: int = 4, seed: int = 0):
+        self.w_img0, self.w_txt0 = _as_matrix(w_img0, "w_img0"), _as_matrix(w_txt0, "w_txt0")
+        if self.w_img0.shape[0] != self.w_txt0.shape[0]:
+            raise ValueError(
+                f"image and text projections must share the embedding width e, got "
+                f"{self.w_img0.shape[0]} and {self.w_txt0.shape[0]}."
+            )
+        if rank < 1:
+            raise ValueError(f"LoRA rank must be >= 1, got {rank}.")
+        self.rank = int(rank)
+        self.width, self.d_img = self.w_img0.shape
+        self.d_txt = self.w_txt0.shape[1]
+        r, e = self.rank, self.width
+        sizes = [r * self.d_img, e * r, r * self.d_txt, e * r]
+        self._offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+        self.n_params = int(self._offsets[-1]) + 1
+        gen = torch.Generator().manual_seed(seed)
+        a_img = torch.randn(r, self.d_img, generator=gen, dtype=DTYPE) / np.sqrt(self.d_img)
+        a_txt = torch.randn(r, self.d_txt, generator=gen, dtype=DTYPE) / np.sqrt(self.d_txt)
+        self.theta0 = torch.cat(
+            [
+                a_img.reshape(-1),
+                torch.zeros(e * r, dtype=DTYPE),
+                a_txt.reshape(-1),
+                torch.zeros(e * r, dtype=DTYPE),
+                torch.tensor([float(log_scale0)], dtype=DTYPE),
+            ]
+        )
+
+    def factors(self, theta):
+        """``(A_img, B_img, A_txt, B_txt)`` as views of ``theta``."""
+        o, r, e = self._offsets, self.rank, self.width
+        return (
+            theta[o[0] : o[1]].reshape(r, self.d_img),
+            theta[o[1] : o[2]].reshape(e, r),
+            theta[o[2] : o[3]].reshape(r, self.d_txt),
+            theta[o[3] : o[4]].reshape(e, r),
+        )
+
+    def prepare(self, x, y):
+        return Prepared(x=x, y=y, x_base=x @ self.w_img0.T, y_base=y @ self.w_txt0.T)
+
+    def image_projection(self, theta):
+        a, b, _, _ = self.factors(theta)
+        return self.w_img0 + b @ a
+
+    def text_projection(self, theta):
+        _, _, a, b = self.factors(theta)
+        return self.w_txt0 + b @ a
+
+    def embed(self, theta, data):
+        a_i, b_i, a_t, b_t = self.factors(theta)
+        return data.x_base + (data.x @ a_i.T) @ b_i.T, data.y_base + (data.y @ a_t.T) @ b_t.T
