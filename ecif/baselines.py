@@ -29,7 +29,7 @@ import torch
 from .heads import DTYPE
 from .objective import VARIANT_TERMS
 
-__all__ = ["harmfulness", "pair_loss_scores", "cosine_scores", "random_scores", "tracin_scores"]
+__all__ = ["cosine_scores", "harmfulness", "pair_loss_scores", "random_scores", "tracin_scores"]
 
 
 def _numpy(t) -> np.ndarray:

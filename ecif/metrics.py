@@ -24,13 +24,13 @@ import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 __all__ = [
-    "precision_at_k",
-    "recall_at_k",
     "auroc",
     "average_precision",
-    "precision_recall_curve_at_ks",
     "detection_metrics",
     "loo_agreement",
+    "precision_at_k",
+    "precision_recall_curve_at_ks",
+    "recall_at_k",
 ]
 
 

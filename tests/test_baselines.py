@@ -3,10 +3,16 @@
 import numpy as np
 import pytest
 import torch
-
-from ecif.baselines import cosine_scores, harmfulness, pair_loss_scores, random_scores, tracin_scores
-from ecif.metrics import auroc
 from tiny_problem import tiny_problem
+
+from ecif.baselines import (
+    cosine_scores,
+    harmfulness,
+    pair_loss_scores,
+    random_scores,
+    tracin_scores,
+)
+from ecif.metrics import auroc
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ Cached per argument set for the whole test session: tests must not modify what i
 from dataclasses import dataclass
 from functools import lru_cache
 
-import numpy as np
 import torch
 
 from ecif.batching import BatchingProtocol
