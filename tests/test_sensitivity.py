@@ -32,7 +32,8 @@ def test_damping_sweep(sp):
     assert huge.auroc == pytest.approx(auroc(tracin_scores(sp.obj, sp.theta, sp.val_grad), mask), abs=1e-9)
     eng = ECIF(sp.obj, sp.theta, solver=DenseSolver(sp.obj.hessian(sp.theta), 1e12))
     IS = eng.influence_scores(sp.val_grad, variants=("ecif",))["ecif"].numpy()
-    np.testing.assert_allclose(1e12 * IS, -tracin_scores(sp.obj, sp.theta, sp.val_grad), rtol=1e-5, atol=1e-12)
+    tr = tracin_scores(sp.obj, sp.theta, sp.val_grad)
+    np.testing.assert_allclose(1e12 * IS, -tr, rtol=1e-5, atol=1e-6 * np.abs(tr).max())
 
 
 @pytest.mark.slow
