@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -75,6 +77,17 @@ def loo_problem(n: int = 300, batch_size: int | None = 64, lam: float = 0.2, kin
     obj = ContrastiveObjective(param, d.x, d.y, BatchingProtocol.from_seed(n, batch_size, seed), lam=lam)
     val = ContrastiveObjective(param, d.x_val, d.y_val, BatchingProtocol.from_seed(200, batch_size, seed + 1), lam=0.0)
     return d, obj, val
+
+
+@functools.lru_cache(maxsize=None)
+def fitted_loo_problem(kind: str = "linear"):
+    """:func:`loo_problem` with its fit and dense ECIF engine, computed once per test session."""
+    from ecif.fit import fit
+    from ecif.influence import ECIF
+
+    d, obj, val = loo_problem(kind=kind)
+    res = fit(obj)
+    return d, obj, val, res, ECIF(obj, res.theta, "dense")
 
 
 def pearson(a, b) -> float:

@@ -12,11 +12,17 @@ from ecif.solvers import DenseSolver
 
 
 @pytest.fixture(scope="module")
+def tp():
+    return tiny_problem()  # shared with the other test files (cached)
+
+
+@pytest.fixture(scope="module")
 def sp():
     return tiny_problem(n=120, batch_size=40, seed=1)
 
 
-def test_damping_sweep(sp):
+def test_damping_sweep(tp):
+    sp = tp
     mask = sp.data.misaligned
     idx = np.r_[np.flatnonzero(mask)[:3], np.flatnonzero(~mask)[:5]]
     loo = loo_val_changes(sp.obj, sp.theta, sp.val_obj, idx, preconditioner=sp.engine.solver)
