@@ -77,6 +77,21 @@ def _newton_direction_cg(objective, theta, g, gnorm, reg):
     return d
 
 
+def _collapse_hint(objective, theta) -> str:
+    """Name the usual cause of a failed fit: an unnormalised embedding driven towards zero."""
+    if not hasattr(objective, "param"):
+        return ""
+    with torch.no_grad():
+        u, v = objective.param.embed(theta, objective.data)
+        ratio = min(float(u.norm(dim=1).min() / u.norm(dim=1).median()),
+                    float(v.norm(dim=1).min() / v.norm(dim=1).median()))
+    if ratio < 1e-3:
+        return (f" An embedding collapsed towards zero (smallest ||W x|| is {ratio:.1e} of the median): "
+                "with normalised embeddings its direction is then free, a degenerate valley that a "
+                "larger lam (relative to 1/n) keeps the fit out of.")
+    return ""
+
+
 def fit(objective, theta_init: torch.Tensor | None = None, gtol: float = 1e-9, max_iter: int = 100,
         method: str = "auto", warn: bool = True, max_step: float = 1.0,
         preconditioner=None) -> FitResult:
@@ -169,8 +184,9 @@ def fit(objective, theta_init: torch.Tensor | None = None, gtol: float = 1e-9, m
     if warn and not result.converged:
         warnings.warn(
             f"fit did not converge: gradient norm {gnorm:.3e} > gtol {gtol:.1e} after {it} "
-            f"{method} iterations. Influence and leave-out ground truth assume an optimum; raise "
-            "max_iter, raise the regularisation lam, or loosen gtol knowingly.",
+            f"{method} iterations.{_collapse_hint(objective, theta)} Influence and leave-out ground "
+            "truth assume an optimum; raise max_iter, raise the regularisation lam, or loosen gtol "
+            "knowingly.",
             ConvergenceWarning,
             stacklevel=2,
         )

@@ -69,7 +69,7 @@ def test_group_removal_agrees_with_group_retraining(fitted):
 
 
 def test_scores_shifts_and_edits_are_consistent():
-    obj = tiny_objective("lora", n=16, batch_size=6, lam=0.5)
+    obj = tiny_objective("lora", n=16, batch_size=6, lam=2.0)
     res = fit(obj)
     assert res.converged
     eng = ECIF(obj, res.theta, "dense", damping=1e-3)
