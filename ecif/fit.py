@@ -121,7 +121,9 @@ def fit(objective, theta_init: torch.Tensor | None = None, gtol: float = 1e-9, m
         stall.
     """
     if method == "auto":
-        method = "newton" if objective.n_params <= 3000 else "newton-cg"
+        # with a preconditioner the fit is a warm-started refit: if the fixed Hessian stalls,
+        # matrix-free Newton-CG steps are far cheaper than rebuilding a dense Hessian
+        method = "newton" if objective.n_params <= 3000 and preconditioner is None else "newton-cg"
     if method not in ("newton", "newton-cg"):
         raise ValueError(f"unknown fit method {method!r}; choose 'newton', 'newton-cg' or 'auto'.")
     if not gtol > 0:
