@@ -3,6 +3,7 @@
 Usage (this is what every ``dvc.yaml`` stage calls)::
 
     python -m ecif.notebook_runner <stage> [--params params.yaml] [--override key=value ...]
+                                   [--out-name <report name>]
 
 What it does, in order:
 
@@ -21,7 +22,8 @@ What it does, in order:
 4. Executes the notebook with papermill (kernel ``ecif`` if installed, else ``python3``), with
    the repository root as working directory so relative paths such as ``data/`` work, and writes
    the executed copy to ``reports/<notebook>.ipynb`` plus an HTML export
-   ``reports/<notebook>.html``. The source notebook under ``notebooks/`` is never modified, so
+   ``reports/<notebook>.html`` (``--out-name NAME``: ``reports/NAME.ipynb`` and ``.html``, so
+   each cell of a ``foreach``/``matrix`` sweep keeps its own report). The source notebook under ``notebooks/`` is never modified, so
    it can be a stage dependency while the executed copy is a stage output.
 
 So a ``dvc.yaml`` stage reads::
@@ -227,6 +229,14 @@ def pick_kernel(preferred: str = PREFERRED_KERNEL) -> str:
 # ------------------------------------------------------------------------------- running
 
 
+def _report_stem(out_name: str) -> str:
+    """``out_name`` without a trailing ``.ipynb``; a plain file name, never a path."""
+    stem = out_name[: -len(".ipynb")] if out_name.endswith(".ipynb") else out_name
+    if not stem or Path(stem).name != stem or stem in (".", ".."):
+        raise StageError(f"--out-name must be a plain file name, got {out_name!r}")
+    return stem
+
+
 def _short(path: Path, root: Path) -> str:
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
@@ -254,10 +264,13 @@ def run_stage(
     kernel: str | None = None,
     html: bool = True,
     log_output: bool = False,
+    out_name: str | None = None,
 ) -> Path:
     """Execute the notebook of ``stage``; return the path of the executed copy.
 
     Relative paths are taken from ``root``, which is also the notebook's working directory.
+    ``out_name`` names the executed copy (``reports/<out_name>.ipynb`` and ``.html``) instead of
+    the notebook's own name: one report per cell of a ``foreach``/``matrix`` sweep.
     """
     root = Path(root).resolve()
     params_path = Path(params_file)
@@ -280,7 +293,7 @@ def run_stage(
     import papermill as pm
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    executed = out_dir / nb_path.name
+    executed = out_dir / (nb_path.name if out_name is None else f"{_report_stem(out_name)}.ipynb")
     html_path = executed.with_suffix(".html")
     kernel_name = kernel or pick_kernel()
     shown = ", ".join(f"{k}={v!r}" for k, v in parameters.items()) or "none"
@@ -348,6 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--kernel",
         help=f"Jupyter kernel (default: {PREFERRED_KERNEL} if installed, else {FALLBACK_KERNEL})",
     )
+    parser.add_argument(
+        "--out-name",
+        help="name of the executed copy under the reports folder (default: the notebook's name); "
+        "one per cell of a foreach/matrix sweep",
+    )
     parser.add_argument("--no-html", action="store_true", help="skip the HTML export")
     parser.add_argument(
         "--log-output", action="store_true", help="stream cell output to the terminal"
@@ -369,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             kernel=args.kernel,
             html=not args.no_html,
             log_output=args.log_output,
+            out_name=args.out_name,
         )
     except StageError as exc:
         print(f"notebook_runner: error: {exc}", file=sys.stderr)

@@ -120,3 +120,17 @@ def test_override_values_are_yaml() -> None:
     assert nr.parse_override("ks=[1, 5]") == (["ks"], [1, 5])
     with pytest.raises(nr.StageError):
         nr.parse_override("no_equals_sign")
+
+
+def test_out_name_names_the_executed_copy(project: Path, monkeypatch) -> None:
+    """A foreach/matrix cell keeps its own report: --out-name replaces the notebook's name."""
+    monkeypatch.chdir(project)
+    assert nr.main(["toy", "--override", "rate=0.2", "--out-name", "01_toy_rate0.2"]) == 0
+    assert json.loads((project / "seen.json").read_text())["rate"] == 0.2
+    assert (project / "reports" / "01_toy_rate0.2.ipynb").is_file()
+    assert (project / "reports" / "01_toy_rate0.2.html").stat().st_size > 0
+    assert not (project / "reports" / "01_toy.ipynb").exists()
+    executed = nr.run_stage("toy", root=project, out_name="01_toy_b.ipynb", html=False)
+    assert executed == project / "reports" / "01_toy_b.ipynb"
+    with pytest.raises(nr.StageError, match="plain file name"):
+        nr.run_stage("toy", root=project, out_name="../elsewhere")
