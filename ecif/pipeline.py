@@ -350,23 +350,18 @@ def detection_scores(
 
     Methods: the influence variants (``-IS``, one shared solve; ``hessian`` reuses the Hessian
     saved by the fine-tuning stage), ``tracin`` (ECIF with ``H = I``), ``pair_loss`` (the pair's
-    own contrastive loss), ``cosine`` (negative image-text cosine) and ``random``.
+    own contrastive loss), ``cosine`` (negative image-text cosine) and ``random``. A thin wrapper
+    of :func:`ecif.detection.detection_scores` with the method list of the ``detect`` stage.
     """
-    from ecif import baselines
+    from ecif.detection import detection_scores as all_scores
     from ecif.evaluate import validation_gradient
     from ecif.influence import ECIF
     from ecif.solvers import DenseSolver
 
     solver = DenseSolver(hessian) if hessian is not None else "dense"
     engine = ECIF(problem.objective, theta_hat, solver=solver)
-    g_val = validation_gradient(problem.val, theta_hat)
-    influence = engine.influence_scores(g_val, variants)
-    scores = {v: baselines.harmfulness(influence[v]) for v in variants}
-    scores["tracin"] = baselines.tracin_scores(problem.objective, theta_hat, g_val)
-    scores["pair_loss"] = baselines.pair_loss_scores(problem.objective, theta_hat)
-    scores["cosine"] = baselines.cosine_scores(problem.objective, theta_hat)
-    scores["random"] = baselines.random_scores(problem.n, seed)
-    return {k: np.asarray(v, dtype=np.float64) for k, v in scores.items()}
+    methods = (*variants, "tracin", "pair_loss", "cosine", "random")
+    return all_scores(engine, validation_gradient(problem.val, theta_hat), methods, seed=seed)
 
 
 def detection_curves(scores: dict[str, np.ndarray], mask: np.ndarray, ks=None):
@@ -383,3 +378,68 @@ def detection_curves(scores: dict[str, np.ndarray], mask: np.ndarray, ks=None):
         prec[name] = curve["precision"].to_numpy()
         rec[name] = curve["recall"].to_numpy()
     return prec, rec
+
+
+# ------------------------------------------------------------------- sweeps (issue 5)
+
+
+def fit_corrupted(
+    dataset: str,
+    data_root: str | Path,
+    encoder_dir: str | Path,
+    features_dir: str | Path,
+    *,
+    kind: str,
+    rate: float,
+    noise_seed: int,
+    systematic: bool = False,
+    rank: int = 1,
+    lam: float = 0.1,
+    batch_size: int | None = 64,
+    seed: int = 0,
+    gtol: float = 1e-9,
+    max_iter: int = 100,
+    method: str = "newton-cg",
+    n_train: int | None = None,
+) -> tuple[Fitted, dict]:
+    """One cell of a sweep, stages 1 and 3 in one call: corrupt the train split (``kind``,
+    ``rate``, ``noise_seed``, ``systematic`` for ``attribute_swap``), encode every split with the
+    saved frozen encoder (features written to ``features_dir``), build the problem and fit it.
+
+    Returns ``(fitted, info)``: the fit with its Hessian, and ``info`` with ``n_train``,
+    ``n_misaligned``, ``fit_grad_norm``, ``fit_converged``, ``min_eigenvalue``,
+    ``zero_shot_{base,fitted}`` and the seconds spent in ``features_s`` and ``fit_s``.
+    Raises ``RuntimeError`` when the fit does not reach ``gtol``.
+    """
+    from ecif.data import load_dataset
+    from ecif.encoders import load_default
+    from ecif.features import extract_features, save_features
+    from ecif.fit import fit
+    from ecif.noise import inject
+
+    t0 = time.perf_counter()
+    ds = load_dataset(dataset, root=data_root)
+    corruption = inject(ds["train"], kind, rate, noise_seed, systematic=systematic)
+    model, tokenizer, _ = load_default(encoder_dir)
+    save_features(features_dir, extract_features(model, tokenizer, ds, corruption=corruption, progress=False))
+    features_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    problem = build_problem(features_dir, rank=rank, lam=lam, batch_size=batch_size, seed=seed, n_train=n_train)
+    res = fit(problem.objective, gtol=gtol, max_iter=max_iter, method=method)
+    if not res.converged:
+        raise RuntimeError(f"the fit did not reach gtol={gtol}: {res.summary()}")
+    hessian = problem.objective.hessian(res.theta)
+    fit_s = time.perf_counter() - t0
+    info = {
+        "n_train": problem.n,
+        "n_misaligned": int(problem.mask.sum()),
+        "fit_grad_norm": res.grad_norm,
+        "fit_converged": bool(res.converged),
+        "min_eigenvalue": float(torch.linalg.eigvalsh(hessian)[0]),
+        "zero_shot_base": problem.zero_shot(problem.param.theta0),
+        "zero_shot_fitted": problem.zero_shot(res.theta),
+        "features_s": features_s,
+        "fit_s": fit_s,
+    }
+    return Fitted(problem, res.theta, res.summary(), hessian), info
