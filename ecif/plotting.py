@@ -140,3 +140,61 @@ def detection_curves(
     axes[1].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def curves_by_panel(frame, panel: str, x: str, y: str, line: str, err: str | None = None,
+                    xlabel: str = "", ylabel: str = "", logx: bool = False, highlight=("ecif",)):
+    """One panel per value of column ``panel`` of the long DataFrame ``frame``, one line per
+    value of ``line``: ``y`` against ``x`` (shaded ``y +- err`` when ``err`` is given).
+    Used for the sweeps: precision@k per misalignment kind, agreement per damping or ``lam``."""
+    import matplotlib.pyplot as plt
+
+    panels = list(dict.fromkeys(frame[panel]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
+    for ax, p in zip(axes[0], panels):
+        sub = frame[frame[panel] == p]
+        for name in dict.fromkeys(sub[line]):
+            d = sub[sub[line] == name].sort_values(x)
+            style = {"lw": 2.2} if name in highlight else {"lw": 1.1}
+            if name == "random":
+                style = {"lw": 1.0, "ls": ":", "color": "0.4"}
+            (h,) = ax.plot(d[x], d[y], label=str(name), **style)
+            if err is not None:
+                ax.fill_between(d[x], d[y] - d[err], d[y] + d[err], color=h.get_color(), alpha=0.12, lw=0)
+        if logx:
+            ax.set_xscale("symlog", linthresh=1e-4)
+        ax.set_title(f"{panel} = {p}", fontsize=9)
+        ax.set_xlabel(xlabel or x)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(ylabel or y)
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def trace_gallery(test_images, test_titles, train_images, captions, table, mask=None, width: int = 22):
+    """One row per mispredicted test item: its image (title ``test_titles[item]``), then its top
+    traced training pairs (``table`` from :func:`ecif.traceback.trace_gallery`: ``item``,
+    ``rank``, ``pair``, ``score``) as image + training caption, red where ``mask`` marks the
+    pair as misaligned."""
+    import matplotlib.pyplot as plt
+
+    items = list(dict.fromkeys(table["item"]))
+    top = int(table["rank"].max()) + 1
+    fig, axes = plt.subplots(len(items), top + 1, figsize=(2.4 * (top + 1), 2.9 * len(items)), squeeze=False)
+    for row, z in zip(axes, items):
+        for ax in row:
+            ax.axis("off")
+        row[0].axis("on")
+        _show_image(row[0], test_images[z])
+        row[0].set_title(textwrap.fill(test_titles[z], width), fontsize=8, color="tab:blue")
+        for _, r in table[table["item"] == z].sort_values("rank").iterrows():
+            ax = row[int(r["rank"]) + 1]
+            ax.axis("on")
+            k = int(r["pair"])
+            _show_image(ax, train_images[k])
+            bad = mask is not None and bool(np.asarray(mask)[k])
+            ax.set_title(textwrap.fill(("[misaligned] " if bad else "") + captions[k], width), fontsize=7,
+                         color="tab:red" if bad else "black")
+    fig.tight_layout()
+    return fig

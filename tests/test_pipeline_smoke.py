@@ -1,13 +1,14 @@
 """Smoke run of the whole DVC pipeline with tiny parameters, every notebook through papermill.
 
 The stage commands are read from ``dvc.yaml`` and run in order, exactly as ``dvc repro`` would
-run them, in a temporary copy of the project (``params.yaml`` shrunk: 2 encoder epochs, 120
+run them (a ``matrix`` stage once per cell of the tiny grid, ``${item.*}`` filled in), in a temporary copy of the project (``params.yaml`` shrunk: 2 encoder epochs, 120
 train pairs, 8 leave-one-out refits), so the real ``artifacts/``, ``reports/`` and ``metrics/``
 are never touched. The assertions are on the metrics files the notebooks write.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -31,7 +32,40 @@ TINY = {
     "encoder": {"epochs": 2},
     "finetune": {"n_train": 120, "batch_size": 32},
     "loo": {"n_pairs": 8, "n_misaligned": 3},
+    "detection_grid": {"kinds": ["shuffle", "systematic_swap"], "rates": [0.2], "seeds": [0, 1]},
+    "ablation": {"dampings": [0.0, 0.1], "lams": [0.1, 0.3], "batch_sizes": [32], "n_pairs": 4,
+                 "n_misaligned": 2},
+    "cleaning": {"random_seeds": [0, 1]},
+    "traceback": {"n_items": 2, "ks": [2], "n_random": 1, "n_gallery": 2, "top": 2},
 }
+SWEEP_METHODS = METHODS[:4] + ("self_ecif", "self_positive") + METHODS[4:]
+
+
+def _lookup(params: dict, dotted: str):
+    node = params
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _expand(name: str, stage: dict, params: dict) -> list[tuple[str, dict]]:
+    """A plain stage as is; a ``matrix`` stage once per cell (``${group.key}`` lists read from
+    ``params``, ``${item.<axis>}`` substituted everywhere in the stage)."""
+    if "matrix" not in stage:
+        return [(name, stage)]
+    axes = {}
+    for axis, values in stage["matrix"].items():
+        if isinstance(values, str) and values.startswith("${"):
+            values = _lookup(params, values[2:-1])
+        axes[axis] = values
+    body = yaml.safe_dump({k: v for k, v in stage.items() if k != "matrix"})
+    cells = []
+    for combo in itertools.product(*axes.values()):
+        text = body
+        for axis, value in zip(axes, combo):
+            text = text.replace("${item.%s}" % axis, str(value))
+        cells.append((f"{name}@{'-'.join(map(str, combo))}", yaml.safe_load(text)))
+    return cells
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -64,7 +98,8 @@ def smoke_run(tmp_path_factory) -> Path:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for name, stage in stages.items():
+    expanded = [cell for n, st in stages.items() for cell in _expand(n, st, params)]
+    for name, stage in expanded:
         proc = subprocess.run(
             shlex.split(stage["cmd"]),
             check=False,
@@ -90,6 +125,9 @@ def _metrics(root: Path, name: str) -> dict:
 @pytest.mark.slow
 def test_every_notebook_executed(smoke_run: Path) -> None:
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        if nb.stem == "06_detection_cell":  # one report per cell of the matrix, no HTML
+            assert len(list((smoke_run / "reports").glob("06_detection_cell_*.ipynb"))) == 4
+            continue
         assert (smoke_run / "reports" / nb.name).is_file()
         assert (smoke_run / "reports" / nb.with_suffix(".html").name).stat().st_size > 0
 
@@ -135,3 +173,56 @@ def test_detection_metrics(smoke_run: Path) -> None:
     assert m["detect.ecif.auroc"] > 0.6
     header = (smoke_run / "plots" / "detect_precision.csv").read_text().splitlines()[0]
     assert header.split(",") == ["k", *METHODS]
+
+
+@pytest.mark.slow
+def test_detection_sweep_metrics(smoke_run: Path) -> None:
+    cell = _metrics(smoke_run, "detection_sweep/systematic_swap_0.2_1")
+    assert cell["cell.fit_converged"] is True and cell["cell.n_train"] == 120
+    assert cell["cell.n_misaligned"] == 24
+    m = _metrics(smoke_run, "detection_summary")
+    assert m["detection_grid.n_cells"] == 4
+    for kind in ("shuffle", "systematic_swap"):
+        for method in SWEEP_METHODS:
+            for key in ("precision_at_k", "recall_at_k", "auroc", "average_precision"):
+                value = m[f"detection_sweep.{kind}.{method}.{key}_mean"]
+                assert 0.0 <= value <= 1.0, (kind, method, key, value)
+                assert m[f"detection_sweep.{kind}.{method}.{key}_std"] >= 0.0
+        assert m[f"detection_winner.{kind}.auroc"] in SWEEP_METHODS
+    assert "| systematic_swap |" in (smoke_run / "reports" / "tables" / "detection.md").read_text()
+
+
+@pytest.mark.slow
+def test_ablation_metrics(smoke_run: Path) -> None:
+    m = _metrics(smoke_run, "ablation")
+    for v in ("positive", "negative", "ecif"):
+        assert math.isfinite(m[f"ablation_roles.{v}.pearson"]) and 0 <= m[f"ablation_roles.{v}.auroc"] <= 1
+    assert m["sensitivity.lam.lam=0.3.min_eigenvalue"] > m["sensitivity.lam.lam=0.1.min_eigenvalue"] > 0
+    assert m["sensitivity.damping.damping=0.0.ecif.spearman"] > 0.5
+    assert math.isfinite(m["sensitivity.batch_size.batch_size=32.ecif.pearson"])
+
+
+@pytest.mark.slow
+def test_cleaning_and_editing_metrics(smoke_run: Path) -> None:
+    m = _metrics(smoke_run, "cleaning")
+    assert m["cleaning_n_removed"] == 12
+    for method in ("none", "random", "ecif", "cosine"):
+        assert 0.0 <= m[f"cleaning.{method}.accuracy_mean"] <= 1.0
+    assert m["cleaning.none.misaligned_removed"] == 0
+    for kind in ("harmful", "valuable", "random"):
+        # the edit predicts the retrained validation-loss change to the right sign and size
+        pred, actual = m[f"editing.{kind}.predicted_val_change"], m[f"editing.{kind}.actual_val_change"]
+        assert abs(pred - actual) <= 0.5 * abs(actual) + 1e-3, (kind, pred, actual)
+        assert m[f"editing.{kind}.edit_s"] < m[f"editing.{kind}.retrain_s"] + 1.0
+    assert m["editing.harmful.actual_val_change"] < 0 < m["editing.valuable.actual_val_change"]
+
+
+@pytest.mark.slow
+def test_traceback_and_summary(smoke_run: Path) -> None:
+    m = _metrics(smoke_run, "traceback")
+    assert m["traceback_items"] == 2
+    for method in ("ris", "is", "random"):
+        assert 0.0 <= m[f"traceback.{method}_k2.fix_rate"] <= 1.0
+    summary = (smoke_run / "reports" / "tables" / "summary.md").read_text()
+    for title in ("Table 1: cleaning", "Table 2: edited vs retrained", "Winner per misalignment kind"):
+        assert title in summary
