@@ -1,7 +1,25 @@
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def tp():
+    """The shared small synthetic problem of ``tiny_problem.py`` (fitted, with its engine)."""
+    from tiny_problem import tiny_problem
+
+    return tiny_problem()
+
+
+@pytest.fixture(scope="module")
+def test_set(tp):
+    """Zero-shot evaluation set built from the tiny problem's clean validation pairs."""
+    from ecif.zeroshot import ZeroShotSet
+
+    d = tp.data
+    return ZeroShotSet(d.x_val, d.class_text, d.labels_val)

@@ -2,24 +2,11 @@
 
 import numpy as np
 import pytest
-from tiny_problem import tiny_problem
 
 from ecif.cleaning import cleaning_table, top_fraction
 from ecif.editing import edit_vs_retrain, removal_sets
 from ecif.metrics import loo_agreement
 from ecif.retraining import loo_val_changes, retrain
-from ecif.zeroshot import ZeroShotSet
-
-
-@pytest.fixture(scope="module")
-def tp():
-    return tiny_problem()
-
-
-@pytest.fixture(scope="module")
-def test_set(tp):
-    d = tp.data
-    return ZeroShotSet(d.x_val, d.class_text, d.labels_val)
 
 
 def test_loo_agrees_with_ecif(tp):

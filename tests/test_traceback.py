@@ -2,21 +2,9 @@
 
 import numpy as np
 import pytest
-from tiny_problem import tiny_problem
 
 from ecif.traceback import counterfactual_traceback, culprit_scores, trace_gallery
 from ecif.zeroshot import ZeroShotSet
-
-
-@pytest.fixture(scope="module")
-def tp():
-    return tiny_problem()
-
-
-@pytest.fixture(scope="module")
-def test_set(tp):
-    d = tp.data
-    return ZeroShotSet(d.x_val, d.class_text, d.labels_val)
 
 
 def test_zero_shot_set(tp, test_set):
