@@ -154,7 +154,7 @@ def _attribute_swap(split, spec, m, rng, attrs, attribute, source, target, syste
             raise ValueError("source/target values only apply with systematic=True")
         chosen = np.sort(rng.choice(n, size=m, replace=False))
         which = np.array([attribute] * m if attribute else [names[i] for i in rng.integers(0, len(names), size=m)], dtype=object)
-        for a in set(which):
+        for a in sorted(set(which)):  # sorted: set order of str varies with PYTHONHASHSEED
             rows = chosen[which == a]
             c = len(spec.values[a])
             attrs[a][rows] = (attrs[a][rows] + rng.integers(1, c, size=len(rows))) % c

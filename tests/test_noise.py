@@ -108,3 +108,23 @@ def test_apply_and_cli(dig, tmp_path):
     back = load_corruption(tmp_path)
     np.testing.assert_array_equal(back.mask, inject(sp, "shuffle", 0.2, seed=0).mask)
     assert (tmp_path / "noise_mask.npy").exists() and back.mask.sum() == n_corrupted(0.2, len(sp))
+
+
+def test_attribute_swap_does_not_depend_on_hash_seed():
+    """Regression: the per-attribute draws once followed set() order, which changes with
+    PYTHONHASHSEED, so two runs from scratch corrupted different pairs."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from ecif.data import shapes; from ecif.noise import inject;"
+        "c = inject(shapes(seed=0)['train'], 'attribute_swap', 0.2, seed=1);"
+        "print('|'.join(c.captions))"
+    )
+    outs = set()
+    for hash_seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        outs.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                check=True).stdout)
+    assert len(outs) == 1
