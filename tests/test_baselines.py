@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from tiny_problem import tiny_problem
 
 from ecif.baselines import (
     cosine_scores,
@@ -13,11 +12,6 @@ from ecif.baselines import (
     tracin_scores,
 )
 from ecif.metrics import auroc
-
-
-@pytest.fixture(scope="module")
-def tp():
-    return tiny_problem()
 
 
 def test_tracin_equals_explicit_per_pair_gradient_dot_products(tp):

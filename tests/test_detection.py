@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from tiny_problem import tiny_problem
 
 from ecif.baselines import harmfulness
 from ecif.detection import (
@@ -11,11 +10,6 @@ from ecif.detection import (
     detection_table,
     self_influence_scores,
 )
-
-
-@pytest.fixture(scope="module")
-def tp():
-    return tiny_problem()
 
 
 @pytest.fixture(scope="module")
