@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.func import jvp
 
 __all__ = ["Parametrization", "LinearHeads", "LoRAHeads", "Prepared"]
 
@@ -61,6 +62,14 @@ class Parametrization:
         """Unnormalised embeddings ``(n, e)`` of images and texts."""
         raise NotImplementedError
 
+    def embed_jvp(self, theta: torch.Tensor, v: torch.Tensor, data: Prepared):
+        """Unnormalised embeddings and their derivative along ``v``: ``(W_img x, W_txt y,
+        d/de W_img(theta + e v) x, d/de W_txt(theta + e v) y)``, four ``(n, e)`` tensors,
+        differentiable in ``theta`` by reverse mode. Default: forward-mode autodiff; the
+        parametrizations below write it out (several times faster on the CPU)."""
+        (u, w), (u_dot, w_dot) = jvp(lambda z: self.embed(z, data), (theta,), (v,))
+        return u, w, u_dot, w_dot
+
     def image_projection(self, theta: torch.Tensor) -> torch.Tensor:
         """The effective image projection ``W_img(theta)`` of shape ``(e, d_img)``."""
         raise NotImplementedError
@@ -70,7 +79,8 @@ class Parametrization:
         raise NotImplementedError
 
     def log_scale(self, theta: torch.Tensor) -> torch.Tensor:
-        """The log logit-scale ``t`` (last entry of ``theta``); the logit scale is ``exp(t)``."""
+        """The log logit-scale ``t`` (last entry of ``theta``); the logit scale is ``exp(t)``.
+        Linear in ``theta`` (a selection), so ``log_scale(v)`` is its derivative along ``v``."""
         return theta[-1]
 
     def check_theta(self, theta: torch.Tensor) -> torch.Tensor:
@@ -117,6 +127,11 @@ class LinearHeads(Parametrization):
 
     def embed(self, theta, data):
         return data.x @ self.image_projection(theta).T, data.y @ self.text_projection(theta).T
+
+    def embed_jvp(self, theta, v, data):
+        u, w = self.embed(theta, data)
+        u_dot, w_dot = self.embed(v, data)  # linear in theta
+        return u, w, u_dot, w_dot
 
 
 class LoRAHeads(Parametrization):
@@ -181,3 +196,14 @@ class LoRAHeads(Parametrization):
     def embed(self, theta, data):
         a_i, b_i, a_t, b_t = self.factors(theta)
         return data.x_base + (data.x @ a_i.T) @ b_i.T, data.y_base + (data.y @ a_t.T) @ b_t.T
+
+    def embed_jvp(self, theta, v, data):
+        a_i, b_i, a_t, b_t = self.factors(theta)
+        da_i, db_i, da_t, db_t = self.factors(v)
+        xa, ya = data.x @ a_i.T, data.y @ a_t.T
+        u = data.x_base + xa @ b_i.T
+        w = data.y_base + ya @ b_t.T
+        # d(B A x) = B (dA x) + dB (A x)
+        u_dot = (data.x @ da_i.T) @ b_i.T + xa @ db_i.T
+        w_dot = (data.y @ da_t.T) @ b_t.T + ya @ db_t.T
+        return u, w, u_dot, w_dot
