@@ -7,6 +7,13 @@ k = number misaligned, when a mask is given), and the smallest Hessian eigenvalu
 dense solver only; ``nan`` for CG). Changing ``lam`` or the batch size changes the objective, so
 those sweeps refit ``theta_hat`` and recompute the ground truth; the damping sweep keeps the fit
 and the ground truth and only changes the solve.
+
+The batch-size sweep also answers *how* the influence and the ground truth move with the
+protocol: each row carries ``is_spearman_vs_first`` (rank correlation of the variant's ``IS`` over
+all pairs with the same variant's ``IS`` at the first batch size of the sweep),
+``loo_spearman_vs_first`` (the same for the leave-one-out ground truth on the fixed sample) and
+``neg_to_pos`` (``||IS_negative|| / ||IS_positive||`` over all pairs: the weight of the negative
+role at that batch size).
 """
 
 from __future__ import annotations
@@ -33,11 +40,14 @@ def _min_eig(solver) -> float:
     return float(solver.eigenvalues[0]) if isinstance(solver, DenseSolver) else float("nan")
 
 
-def score_rows(engine, val_gradient, loo=None, mask=None, variants=VARIANTS) -> list[dict]:
+def score_rows(engine, val_gradient, loo=None, mask=None, variants=VARIANTS, scores_out=None) -> list[dict]:
     """One dict per variant: ``variant``, ``pearson``/``spearman`` against ``loo`` (a
     DataFrame from :func:`~ecif.retraining.loo_val_changes`), ``auroc``/``precision_at_k`` of
-    ``-IS`` against ``mask``; missing inputs give ``nan``."""
+    ``-IS`` against ``mask``; missing inputs give ``nan``. With a dict ``scores_out``, the
+    ``(n,)`` score arrays are also stored there by variant."""
     IS = engine.influence_scores(val_gradient, variants=variants)
+    if scores_out is not None:
+        scores_out.update({v: IS[v].numpy() for v in variants})
     rows = []
     for v in variants:
         s = IS[v].numpy()
@@ -69,8 +79,9 @@ def damping_sweep(objective, theta_hat, val_gradient, dampings, loo=None, mask=N
     return pd.DataFrame(rows)
 
 
-def _refit_and_score(objective, val_objective, loo_indices, mask, variants, theta_init, gtol):
-    res = fit(objective, theta_init=theta_init, gtol=gtol, max_iter=200)
+def _refit_and_score(objective, val_objective, loo_indices, mask, variants, theta_init, gtol, method="auto",
+                     scores_out=None):
+    res = fit(objective, theta_init=theta_init, gtol=gtol, max_iter=200, method=method)
     eng = ECIF(objective, res.theta, solver="auto")
     g = validation_gradient(val_objective, res.theta)
     loo = None
@@ -78,32 +89,59 @@ def _refit_and_score(objective, val_objective, loo_indices, mask, variants, thet
         loo = loo_val_changes(objective, res.theta, val_objective, loo_indices, gtol=gtol, preconditioner=eng.solver)
     info = {"fit_grad_norm": res.grad_norm, "fit_converged": res.converged, "min_eigenvalue": _min_eig(eng.solver),
             "loo_converged": True if loo is None else bool(loo["converged"].all())}
-    return res.theta, [{**info, **r} for r in score_rows(eng, g, loo, mask, variants)]
+    rows = [{**info, **r} for r in score_rows(eng, g, loo, mask, variants, scores_out)]
+    if scores_out is not None and loo is not None:
+        scores_out["loo"] = loo["actual"].to_numpy()
+    return res.theta, rows
 
 
 def lam_sweep(objective, lams, val_objective, loo_indices=None, mask=None, variants=VARIANTS,
-              gtol: float = 1e-9) -> pd.DataFrame:
-    """Refit at each ``lam`` (warm-started from the previous optimum, in the order given), then
-    score. Rows ``lam``, ``fit_grad_norm``, ``fit_converged``, ``min_eigenvalue``,
-    ``loo_converged``, ``variant``, ``pearson``, ``spearman``, ``auroc``, ``precision_at_k``."""
+              gtol: float = 1e-9, method: str = "auto") -> pd.DataFrame:
+    """Refit at each ``lam`` (warm-started from the previous optimum, in the order given; ``method``
+    as in :func:`~ecif.fit.fit`), then score. Rows ``lam``, ``fit_grad_norm``, ``fit_converged``,
+    ``min_eigenvalue``, ``loo_converged``, ``variant``, ``pearson``, ``spearman``, ``auroc``,
+    ``precision_at_k``."""
+    _check_values(lams, "lams")
     rows, theta = [], None
     for lam in lams:
         theta, rs = _refit_and_score(objective.with_lam(float(lam)), val_objective, loo_indices, mask, variants,
-                                     theta, gtol)
+                                     theta, gtol, method)
         rows += [{"lam": float(lam), **r} for r in rs]
     return pd.DataFrame(rows)
 
 
 def batch_size_sweep(param, x, y, batch_sizes, lam: float, val_objective, loo_indices=None, mask=None,
-                     seed: int = 0, variants=VARIANTS, gtol: float = 1e-9) -> pd.DataFrame:
+                     seed: int = 0, variants=VARIANTS, gtol: float = 1e-9, method: str = "auto") -> pd.DataFrame:
     """Rebuild the training objective with ``BatchingProtocol.from_seed(n, b, seed)`` for each
     batch size ``b`` (``None`` = one full batch), refit from ``theta0``, and score (the
     validation objective keeps its own batching). Rows as :func:`lam_sweep` with ``batch_size``
-    (``n`` for a full batch) instead of ``lam``."""
+    (``n`` for a full batch) instead of ``lam``, plus ``is_spearman_vs_first``,
+    ``loo_spearman_vs_first`` (``nan`` without ``loo_indices``) and ``neg_to_pos`` (module
+    docstring). The negative role is always scored, so ``neg_to_pos`` is defined."""
+    _check_values(batch_sizes, "batch_sizes")
     n = np.shape(x)[0]
-    rows = []
+    scored = tuple(dict.fromkeys([*variants, "positive", "negative"]))
+    rows, first = [], None
     for b in batch_sizes:
         obj = ContrastiveObjective(param, x, y, BatchingProtocol.from_seed(n, b, seed), lam=lam)
-        _, rs = _refit_and_score(obj, val_objective, loo_indices, mask, variants, None, gtol)
-        rows += [{"batch_size": n if b is None else int(b), **r} for r in rs]
+        scores: dict = {}
+        _, rs = _refit_and_score(obj, val_objective, loo_indices, mask, scored, None, gtol, method, scores)
+        first = first if first is not None else scores
+        neg_to_pos = float(np.linalg.norm(scores["negative"]) / np.linalg.norm(scores["positive"]))
+        for r in rs:
+            if r["variant"] not in variants:
+                continue
+            loo_rho = _spearman(scores["loo"], first["loo"]) if "loo" in scores else np.nan
+            rows.append({"batch_size": n if b is None else int(b), **r,
+                         "is_spearman_vs_first": _spearman(scores[r["variant"]], first[r["variant"]]),
+                         "loo_spearman_vs_first": loo_rho, "neg_to_pos": neg_to_pos})
     return pd.DataFrame(rows)
+
+
+def _spearman(a, b) -> float:
+    return loo_agreement(a, b)["spearman"]
+
+
+def _check_values(values, name: str) -> None:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) == 0:
+        raise ValueError(f"{name} must be a non-empty list of values, got {values!r}.")

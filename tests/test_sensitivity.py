@@ -55,5 +55,13 @@ def test_lam_and_batch_size_sweeps(sp):
                          seed=1, variants=("ecif", "positive"))
     assert list(b.batch_size) == [120, 120, 40, 40] and b.fit_converged.all()
     assert b.pearson.isna().all() and (b.auroc > 0.6).all()
+    # change across the protocol: the first batch size is the reference of itself
+    first = b[b.batch_size == 120]
+    assert np.allclose(first.is_spearman_vs_first, 1.0) and b.loo_spearman_vs_first.isna().all()
+    other = b[b.batch_size == 40]
+    assert (other.is_spearman_vs_first < 1.0).all() and (other.is_spearman_vs_first > 0.5).all()
+    assert (b.neg_to_pos > 0).all() and b.neg_to_pos.iloc[0] != b.neg_to_pos.iloc[2]
+    with pytest.raises(ValueError, match="non-empty list"):
+        batch_size_sweep(sp.param, sp.data.x, sp.data.y, [], 0.2, sp.val_obj)
     # the batch-40 row reproduces the fixture's engine (same protocol seed)
     assert b.min_eigenvalue.iloc[2] == pytest.approx(sp.engine.solver.report["min_eigenvalue"], rel=1e-6)
