@@ -16,7 +16,11 @@ returns a :class:`Corruption` with the new captions and attribute codes and a bo
 - ``attribute_swap``: compositional data (``shapes``); one attribute of the caption is changed
   (e.g. the colour). Per pair: a random attribute (or the one given) gets a random other value.
   With ``systematic=True`` the same swap ``attribute: source -> target`` (e.g. color red ->
-  blue) is applied to every corrupted pair, and only pairs holding ``source`` are chosen.
+  blue) is applied to every corrupted pair, and only pairs holding ``source`` are chosen. When
+  ``source`` is left unset and its most frequent value has fewer than ``m`` pairs, the rule
+  grows to the next most frequent values, each with its own fixed target outside the sources
+  (e.g. red -> blue and yellow -> green): still a deterministic function of the true value, so
+  the model can learn it. ``details["swaps"]`` lists the rules, ``details["swap"]`` the first.
 
 ``save_corruption`` writes the result next to the data: ``noise_mask.npy`` (bool),
 ``noise_captions.json``, ``noise_attributes.csv`` and ``noise.json`` (kind, rate, seed, swap).
@@ -161,26 +165,47 @@ def _attribute_swap(split, spec, m, rng, attrs, attribute, source, target, syste
         return chosen, {"swapped_attribute": _which(n, chosen, which)}
     attribute = attribute or ("color" if "color" in names else names[0])
     vals = spec.values[attribute]
-    if source is None:
-        source = vals[int(np.argmax(np.bincount(attrs[attribute], minlength=len(vals))))]
-    if target is None:
-        others = [v for v in vals if v != source]
-        target = others[int(rng.integers(len(others)))]
     for v in (source, target):
-        if v not in vals:
+        if v is not None and v not in vals:
             raise ValueError(f"{v!r} is not a value of attribute {attribute!r}; values: {vals}")
-    if source == target:
-        raise ValueError(f"systematic swap needs source != target, got {source!r} -> {target!r}")
-    s_code, t_code = vals.index(source), vals.index(target)
-    eligible = np.flatnonzero(attrs[attribute] == s_code)
-    if len(eligible) < m:
-        raise ValueError(
-            f"systematic swap {attribute}: {source} -> {target} needs {m} pairs with {attribute}={source!r} "
-            f"but the split has only {len(eligible)}; lower the rate or choose a more frequent source value"
-        )
+    counts = np.bincount(attrs[attribute], minlength=len(vals))
+    if source is None:
+        # the smallest rule that covers m pairs: the most frequent value, then the next ones
+        order = [int(c) for c in np.argsort(-counts, kind="stable") if vals[int(c)] != target]
+        sources, covered = [], 0
+        for c in order:
+            if covered >= m:
+                break
+            sources.append(vals[c])
+            covered += int(counts[c])
+        free = [v for v in vals if v not in sources]
+        if covered < m or not free:
+            raise ValueError(
+                f"a systematic {attribute} swap cannot corrupt {m} of {n} pairs: its rule needs target "
+                "values outside its source values; lower the rate or swap an attribute with more values"
+            )
+        targets = [target if target is not None else free[int(rng.integers(len(free)))] for _ in sources]
+    else:
+        if target is None:
+            others = [v for v in vals if v != source]
+            target = others[int(rng.integers(len(others)))]
+        if source == target:
+            raise ValueError(f"systematic swap needs source != target, got {source!r} -> {target!r}")
+        sources, targets = [source], [target]
+        if counts[vals.index(source)] < m:
+            raise ValueError(
+                f"systematic swap {attribute}: {source} -> {target} needs {m} pairs with {attribute}={source!r} "
+                f"but the split has only {counts[vals.index(source)]}; lower the rate or choose a more frequent "
+                "source value (or leave source unset: the rule then grows to the next most frequent values)"
+            )
+    mapping = np.arange(len(vals))
+    for src, tgt in zip(sources, targets):
+        mapping[vals.index(src)] = vals.index(tgt)
+    eligible = np.flatnonzero(np.isin(attrs[attribute], [vals.index(v) for v in sources]))
     chosen = np.sort(rng.choice(eligible, size=m, replace=False))
-    attrs[attribute][chosen] = t_code
-    return chosen, {"swapped_attribute": _which(n, chosen, attribute), "swap": (attribute, source, target)}
+    attrs[attribute][chosen] = mapping[attrs[attribute][chosen]]
+    rules = [(attribute, src, tgt) for src, tgt in zip(sources, targets)]
+    return chosen, {"swapped_attribute": _which(n, chosen, attribute), "swap": rules[0], "swaps": rules}
 
 
 def inject(
@@ -272,6 +297,7 @@ def save_corruption(c: Corruption, folder: str | Path, spec: CaptionSpec | None 
     meta = {"kind": c.kind, "rate": c.rate, "seed": c.seed, "n": int(len(c.mask)), "n_corrupted": int(c.mask.sum())}
     if "swap" in c.details:
         meta["swap"] = list(c.details["swap"])
+        meta["swaps"] = [list(r) for r in c.details.get("swaps", [c.details["swap"]])]
     (folder / "noise.json").write_text(json.dumps(meta, indent=2))
     return folder
 
@@ -288,6 +314,7 @@ def load_corruption(folder: str | Path) -> Corruption:
     details = {k: table[k].to_numpy() for k in ("source", "swapped_attribute") if k in table}
     if "swap" in meta:
         details["swap"] = tuple(meta["swap"])
+        details["swaps"] = [tuple(r) for r in meta.get("swaps", [meta["swap"]])]
     mask = np.load(folder / "noise_mask.npy", allow_pickle=False)
     return Corruption(
         captions=json.loads((folder / "noise_captions.json").read_text()),

@@ -79,6 +79,32 @@ def test_systematic_swap_is_consistent(shp, tmp_path):
         inject(sp, "attribute_swap", 0.5, seed=0, systematic=True, source="red", target="blue")
 
 
+def test_systematic_rule_grows_past_one_source_value(shp, tmp_path):
+    """At rates beyond the most frequent value's share, an unset source grows into a rule of
+    several fixed swaps; each corrupted pair follows its source's rule, targets lie outside the
+    sources, and a single source suffices whenever it can."""
+    sp = shp["train"]
+    vals = shp.spec.values["color"]
+    counts = np.bincount(sp.attributes["color"], minlength=len(vals))
+    m = round(0.3 * len(sp))
+    assert counts.max() < m  # the premise: one colour cannot hold 30 % of the pairs
+    c = inject(sp, "attribute_swap", 0.3, seed=0, systematic=True, out_dir=tmp_path)
+    rules = c.details["swaps"]
+    assert c.mask.sum() == m and len(rules) >= 2 and c.details["swap"] == rules[0]
+    sources = {src for _, src, _ in rules}
+    assert not sources & {tgt for _, _, tgt in rules}
+    assert rules[0][1] == vals[int(np.argmax(counts))]
+    mapping = {vals.index(src): vals.index(tgt) for _, src, tgt in rules}
+    before, after = sp.attributes["color"][c.mask], c.attributes["color"][c.mask]
+    np.testing.assert_array_equal(after, [mapping[int(b)] for b in before])
+    np.testing.assert_array_equal(c.attributes["color"][~c.mask], sp.attributes["color"][~c.mask])
+    assert load_corruption(tmp_path).details["swaps"] == rules
+    one = inject(sp, "attribute_swap", 0.1, seed=0, systematic=True)
+    assert len(one.details["swaps"]) == 1
+    with pytest.raises(ValueError, match="cannot corrupt"):
+        inject(sp, "attribute_swap", 0.95, seed=0, systematic=True)
+
+
 @pytest.mark.parametrize("rate", [-0.1, 1.0, 1.5])
 def test_bad_rate(dig, rate):
     with pytest.raises(ValueError, match=r"rate must be in \[0, 1\)"):
