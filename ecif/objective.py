@@ -232,8 +232,8 @@ class ContrastiveObjective:
         the cheap per-pair map ``theta -> (u, w, t)`` and its tangent go through autograd.
         Batches are processed in chunks of about 2^20 similarity entries. Equal to double
         backward through the loss (:meth:`hvp_autograd`) to rounding, both tested against the
-        dense autograd Hessian; about 1.5x faster than it at n = 16k, batch 256, and on par for
-        small problems (``python -m ecif.bench`` prints both as ``hvp_s``, ``hvp_autograd_s``).
+        dense autograd Hessian; 1.4x faster than it at n = 16k, batch 256, on par for small
+        problems and slower for one full batch of thousands of pairs (``python -m ecif.bench`` prints both as ``hvp_s``, ``hvp_autograd_s``).
         """
         v = torch.as_tensor(v, dtype=DTYPE)
         th = theta.detach().to(DTYPE).requires_grad_(True)
