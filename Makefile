@@ -51,8 +51,8 @@ repro: pull
 	@start=$$(date +%s); dvc repro; end=$$(date +%s); \
 	echo "[repro] pipeline finished in $$((end - start)) s"
 	@echo
-	@echo "[repro] metrics:"
-	@dvc metrics show || true
+	@echo "[repro] core metrics (all of them: dvc metrics show; tables: reports/tables/summary.md):"
+	@dvc metrics show metrics/finetune.json metrics/loo.json || true
 	@echo
 	@echo "[repro] reports (executed notebooks and their HTML exports):"
 	@if ls reports/*.html >/dev/null 2>&1; then ls -1 reports/*.html reports/*.ipynb 2>/dev/null | sed 's/^/    /'; \
