@@ -60,9 +60,8 @@ def edit_vs_retrain(engine, sets: dict, val_objective, evaluation, variants=("ec
         res = retrain(obj, theta_hat, idx, gtol=gtol, preconditioner=preconditioner)
         retrain_s = time.perf_counter() - t0
         moved = float((res.theta - theta_hat).norm())
-        common = {"acc_retrained": evaluation.accuracy(param, res.theta),
-                  "actual_val_change": validation_loss(val_objective, res.theta) - base_val,
-                  "retrain_s": retrain_s, "retrain_grad_norm": res.grad_norm, "retrain_converged": res.converged}
+        acc_retrained = evaluation.accuracy(param, res.theta)
+        actual = validation_loss(val_objective, res.theta) - base_val
         for variant in variants:
             t0 = time.perf_counter()
             shift = engine.param_shift(idx, variant)
@@ -71,10 +70,10 @@ def edit_vs_retrain(engine, sets: dict, val_objective, evaluation, variants=("ec
             dist = float((edited - res.theta).norm())
             rows.append({
                 "set": name, "variant": variant, "size": len(np.atleast_1d(idx)), "acc_base": acc_base,
-                "acc_edited": evaluation.accuracy(param, edited), "acc_retrained": common["acc_retrained"],
+                "acc_edited": evaluation.accuracy(param, edited), "acc_retrained": acc_retrained,
                 "predicted_val_change": float(g_val @ shift),
                 "edited_val_change": validation_loss(val_objective, edited) - base_val,
-                "actual_val_change": common["actual_val_change"],
+                "actual_val_change": actual,
                 "param_distance": dist, "shift_rel_error": dist / moved if moved > 0 else float("nan"),
                 "edit_s": edit_s, "retrain_s": retrain_s,
                 "retrain_grad_norm": res.grad_norm, "retrain_converged": res.converged,

@@ -233,7 +233,8 @@ class ContrastiveObjective:
         Batches are processed in chunks of about 2^20 similarity entries. Equal to double
         backward through the loss (:meth:`hvp_autograd`) to rounding, both tested against the
         dense autograd Hessian; 1.4x faster than it at n = 16k, batch 256, on par for small
-        problems and slower for one full batch of thousands of pairs (``python -m ecif.bench`` prints both as ``hvp_s``, ``hvp_autograd_s``).
+        problems and slower for one full batch of thousands of pairs (``python -m ecif.bench``
+        prints both as ``hvp_s``, ``hvp_autograd_s``).
         """
         v = torch.as_tensor(v, dtype=DTYPE)
         th = theta.detach().to(DTYPE).requires_grad_(True)
