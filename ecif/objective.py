@@ -180,10 +180,13 @@ class ContrastiveObjective:
     def _masked(self, s: torch.Tensor) -> torch.Tensor:
         return torch.where(self._keep2, s, torch.full_like(s, _MASKED))
 
-    def _softmaxes(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        sm = self._masked(s)
-        p = torch.softmax(sm, dim=2) * self._keep2
-        q = torch.softmax(sm, dim=1) * self._keep2
+    def _softmaxes(self, s: torch.Tensor, sl: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row softmax ``P`` and column softmax ``Q`` of the batches ``sl`` of ``S``, over kept
+        entries only (0 elsewhere)."""
+        keep2 = self._keep2[sl]
+        sm = torch.where(keep2, s, torch.full_like(s, _MASKED))
+        p = torch.softmax(sm, dim=2) * keep2
+        q = torch.softmax(sm, dim=1) * keep2
         return p, q
 
     def _pos(self, s: torch.Tensor) -> torch.Tensor:
@@ -265,14 +268,12 @@ class ContrastiveObjective:
     def _hvp_cotangents(self, sl: slice, sc, td: float, u, w, u_dot, w_dot):
         """For the batches ``sl``: cotangents of ``psi`` (see :meth:`hvp`) with respect to the
         batched ``U``, ``W``, ``Udot``, ``Wdot`` (each ``(m, b_max, e)``) and ``t``."""
-        idx, keep2 = self.index[sl], self._keep2[sl]
+        idx = self.index[sl]
         ub, wb, ub_dot, wb_dot = u[idx], w[idx], u_dot[idx], w_dot[idx]
         wt = wb.transpose(1, 2)
         s = (sc * ub) @ wt
         s_dot = td * s + sc * (ub_dot @ wt + ub @ wb_dot.transpose(1, 2))
-        sm = torch.where(keep2, s, torch.full_like(s, _MASKED))
-        p = torch.softmax(sm, dim=2) * keep2
-        q = torch.softmax(sm, dim=1) * keep2
+        p, q = self._softmaxes(s, sl)
         r = (p * s_dot).sum(dim=2, keepdim=True)
         c = (q * s_dot).sum(dim=1, keepdim=True)
         g = p + q

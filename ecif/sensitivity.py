@@ -128,10 +128,10 @@ def batch_size_sweep(param, x, y, batch_sizes, lam: float, val_objective, loo_in
         _, rs = _refit_and_score(obj, val_objective, loo_indices, mask, scored, None, gtol, method, scores)
         first = first if first is not None else scores
         neg_to_pos = float(np.linalg.norm(scores["negative"]) / np.linalg.norm(scores["positive"]))
+        loo_rho = _spearman(scores["loo"], first["loo"]) if "loo" in scores else np.nan
         for r in rs:
             if r["variant"] not in variants:
                 continue
-            loo_rho = _spearman(scores["loo"], first["loo"]) if "loo" in scores else np.nan
             rows.append({"batch_size": n if b is None else int(b), **r,
                          "is_spearman_vs_first": _spearman(scores[r["variant"]], first[r["variant"]]),
                          "loo_spearman_vs_first": loo_rho, "neg_to_pos": neg_to_pos})
