@@ -17,7 +17,7 @@ PLOTS_TEMPLATE := tools/dvc-plots/offline.html
 PULL_TARGETS ?= $(wildcard *.dvc)
 PLOTS_OUT ?= dvc_plots
 
-# Stage commands run by DVC (`python -m ecif.notebook_runner ...`) must find the venv's python.
+# Stage commands run by DVC (`python -m ecif.kit.notebook_runner ...`) must find the venv's python.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export VIRTUAL_ENV := $(abspath $(VENV))
 export DVC_NO_ANALYTICS := 1

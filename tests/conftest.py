@@ -19,7 +19,7 @@ def tp():
 @pytest.fixture(scope="module")
 def test_set(tp):
     """Zero-shot evaluation set built from the tiny problem's clean validation pairs."""
-    from ecif.zeroshot import ZeroShotSet
+    from ecif.experiments.zeroshot import ZeroShotSet
 
     d = tp.data
     return ZeroShotSet(d.x_val, d.class_text, d.labels_val)

@@ -7,10 +7,10 @@ import functools
 import numpy as np
 import torch
 
-from ecif.batching import BatchingProtocol
-from ecif.heads import LinearHeads, LoRAHeads
-from ecif.objective import ContrastiveObjective
-from ecif.synthetic import synthetic_pairs
+from ecif.core.batching import BatchingProtocol
+from ecif.core.heads import LinearHeads, LoRAHeads
+from ecif.core.objective import ContrastiveObjective
+from ecif.data.synthetic import synthetic_pairs
 
 
 def tiny_objective(kind: str = "linear", n: int = 12, batch_size: int | None = None, lam: float = 0.1,
@@ -82,8 +82,8 @@ def loo_problem(n: int = 300, batch_size: int | None = 64, lam: float = 0.2, kin
 @functools.lru_cache(maxsize=None)
 def fitted_loo_problem(kind: str = "linear"):
     """:func:`loo_problem` with its fit and dense ECIF engine, computed once per test session."""
-    from ecif.fit import fit
-    from ecif.influence import ECIF
+    from ecif.core.fit import fit
+    from ecif.core.influence import ECIF
 
     d, obj, val = loo_problem(kind=kind)
     res = fit(obj)

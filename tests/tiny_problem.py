@@ -7,13 +7,13 @@ from functools import lru_cache
 
 import torch
 
-from ecif.batching import BatchingProtocol
-from ecif.evaluate import validation_gradient
-from ecif.fit import fit
-from ecif.heads import LinearHeads
-from ecif.influence import ECIF
-from ecif.objective import ContrastiveObjective
-from ecif.synthetic import synthetic_pairs
+from ecif.core.batching import BatchingProtocol
+from ecif.core.evaluate import validation_gradient
+from ecif.core.fit import fit
+from ecif.core.heads import LinearHeads
+from ecif.core.influence import ECIF
+from ecif.core.objective import ContrastiveObjective
+from ecif.data.synthetic import synthetic_pairs
 
 
 @dataclass

@@ -1,0 +1,152 @@
+"""ECIF and its variants at a fitted optimum (spec §2-3).
+
+For a training pair ``k`` and the full-objective Hessian ``H`` at ``theta_hat`` (regulariser
+included, plus damping ``mu``), every variant predicts the parameter shift of removing ``k``:
+
+=============  ==============================================  =====================================
+variant        ``Delta theta(k)``                              role
+=============  ==============================================  =====================================
+``positive``   ``(1/n) H^-1 grad Pos_k``                        classical IF (own terms only)
+``negative``   ``(1/n) H^-1 grad Neg_k``                        k as a negative, first order
+``ecif``       ``(1/n) H^-1 grad [Pos_k + Neg_k]``              the paper's ECIF
+``newton``     ``(1/n) H^-1 grad [Pos_k + NegExact_k]``         exact removal, one Newton step
+=============  ==============================================  =====================================
+
+``Delta theta(k) ~ theta_hat_{-k} - theta_hat``. Influence scores on a validation loss are
+``IS(k) = grad L_val(theta_hat)^T Delta theta(k) ~ L_val(theta_hat_{-k}) - L_val(theta_hat)``:
+**negative IS means removing k lowers the validation loss, i.e. k is harmful**; rank "most
+harmful first" by ascending IS. For a set ``R`` the ``positive``/``negative``/``ecif`` shifts are
+sums over ``R``; ``newton`` uses the exact gradient difference ``grad L - grad L_{-R}`` at
+``theta_hat`` (interactions inside a batch included).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ecif.core.heads import DTYPE
+from ecif.core.objective import VARIANT_TERMS, ContrastiveObjective
+from ecif.core.solvers import DenseSolver, make_solver
+
+__all__ = ["VARIANTS", "ECIF"]
+
+#: The influence variants, in the order the kit reports them.
+VARIANTS = ("positive", "negative", "ecif", "newton")
+
+
+def _check_variant(variant: str) -> tuple[str, ...]:
+    if variant not in VARIANT_TERMS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}.")
+    return VARIANT_TERMS[variant]
+
+
+class ECIF:
+    """Influence engine for a :class:`~ecif.core.objective.ContrastiveObjective` at ``theta_hat``.
+
+    Parameters
+    ----------
+    objective:
+        The training objective ``L`` (its ``n`` is the ``1/n`` of every estimate).
+    theta_hat:
+        The fitted optimum ``(P,)``; fit it with :func:`ecif.core.fit.fit` to a small gradient norm.
+    solver:
+        ``"dense"``, ``"cg"``, ``"auto"`` or a ready solver object with ``solve(b)``.
+    damping:
+        ``mu >= 0`` in ``(H + mu I)^-1`` (ignored when a solver object is given).
+    """
+
+    def __init__(self, objective: ContrastiveObjective, theta_hat: torch.Tensor, solver="auto",
+                 damping: float = 0.0, **solver_kwargs):
+        self.objective = objective
+        self.theta_hat = objective.param.check_theta(theta_hat)
+        if isinstance(solver, str):
+            solver = make_solver(objective, self.theta_hat, solver, damping, **solver_kwargs)
+        self.solver = solver
+        self.n = objective.n
+
+    # ------------------------------------------------------------------ helpers
+    def _indices(self, remove) -> np.ndarray:
+        return self.objective._check_remove(remove)
+
+    def gradient_term(self, remove, variant: str = "ecif") -> torch.Tensor:
+        """The gradient the solve acts on, ``(P,)``: ``(1/n) sum_{k in R} grad T_k(theta_hat)``
+        for additive variants, ``grad L(theta_hat) - grad L_{-R}(theta_hat)`` for ``newton``."""
+        terms = _check_variant(variant)
+        idx = torch.from_numpy(self._indices(remove))
+        if variant == "newton":
+            return self.objective.gradient(self.theta_hat) - self.objective.without(idx.numpy()).gradient(
+                self.theta_hat)
+
+        def selected(th):
+            t = self.objective.pair_terms(th)
+            return sum(t[name] for name in terms)[idx].sum() / self.n
+
+        return torch.func.grad(selected)(self.theta_hat)
+
+    # ------------------------------------------------------------------ public API
+    def param_shift(self, remove, variant: str = "ecif") -> torch.Tensor:
+        """Predicted ``theta_hat_{-R} - theta_hat`` for removing ``R`` (index array or mask),
+        shape ``(P,)``."""
+        return self.solver.solve(self.gradient_term(remove, variant))
+
+    def edited_params(self, remove, variant: str = "ecif") -> torch.Tensor:
+        """The ECIF-edited model ``theta_hat + sum_{k in R} Delta theta(k)`` (no retraining)."""
+        return self.theta_hat + self.param_shift(remove, variant)
+
+    def influence_scores(self, val_gradient: torch.Tensor, variants=VARIANTS) -> dict[str, torch.Tensor]:
+        """``IS(k)`` for every training pair, per variant: dict of ``(n,)`` tensors.
+
+        ``val_gradient`` is ``grad L_val(theta_hat)`` ``(P,)``. One solve
+        ``h = (H + mu I)^-1 grad L_val`` and one forward-mode pass give
+        ``IS(k) = (1/n) grad T_k^T h`` for all ``k`` (spec §3). ``IS(k) < 0``: harmful.
+        Pairs already removed from the objective get 0.
+        """
+        val_gradient = torch.as_tensor(val_gradient, dtype=DTYPE)
+        if val_gradient.shape != (self.objective.n_params,):
+            raise ValueError(
+                f"val_gradient must have shape ({self.objective.n_params},), got {tuple(val_gradient.shape)}."
+            )
+        for v in variants:
+            _check_variant(v)
+        h = self.solver.solve(val_gradient)
+        d = self.objective.directional_terms(self.theta_hat, h)
+        return {v: sum(d[t] for t in VARIANT_TERMS[v]) / self.n for v in variants}
+
+    def predicted_change(self, val_gradient: torch.Tensor, remove, variant: str = "ecif") -> float:
+        """``grad L_val^T Delta theta(R)``: predicted change of the validation loss for removing
+        the whole set ``R`` (group influence)."""
+        return float(torch.as_tensor(val_gradient, dtype=DTYPE) @ self.param_shift(remove, variant))
+
+    def pair_shifts(self, indices=None, variant: str = "ecif", chunk_size: int = 64) -> torch.Tensor:
+        """``Delta theta(k)`` for each ``k`` in ``indices`` as rows of a ``(len, P)`` matrix.
+        Memory ``len * P``; for modest sets of pairs."""
+        g = self.objective.pair_gradients(self.theta_hat, _check_variant(variant), indices, chunk_size) / self.n
+        return self.solver.solve(g.T).T
+
+    def relative_influence(self, item_gradient: torch.Tensor, indices=None, variant: str = "ecif",
+                           chunk_size: int = 64) -> torch.Tensor:
+        """``RIS(k, z) = grad l_z^T Delta theta(k) / ||Delta theta(k)||`` for ``k`` in ``indices``.
+
+        ``item_gradient`` is ``grad l_z(theta_hat)`` ``(P,)`` of a test item's loss (e.g. the
+        zero-shot loss of a mispredicted image, :func:`ecif.core.evaluate.zero_shot_item_gradients`)
+        or a ``(P, m)`` matrix for ``m`` items, giving ``(len, m)``. Negative RIS: removing
+        ``k`` lowers ``l_z`` (k pushes the model towards the error), per unit of parameter change.
+        """
+        gz = torch.as_tensor(item_gradient, dtype=DTYPE)
+        g = self.objective.pair_gradients(self.theta_hat, _check_variant(variant), indices, chunk_size) / self.n
+        hz = self.solver.solve(gz)
+        num = g @ hz
+        if isinstance(self.solver, DenseSolver):
+            norms = self.solver.inverse_norms(g)
+        else:
+            norms = self.solver.solve(g.T).norm(dim=0)
+        return num / (norms if num.ndim == 1 else norms[:, None]).clamp_min(1e-300)
+
+    def self_influence(self, indices=None, variant: str = "ecif", chunk_size: int = 64) -> torch.Tensor:
+        """``grad Pos_k^T Delta theta(k)``: predicted change of pair ``k``'s own contrastive loss
+        when ``k`` is removed, ``(len,)``. Large positive values: the model bends to fit ``k``
+        (typical of misaligned pairs)."""
+        own = self.objective.pair_gradients(self.theta_hat, ("pos",), indices, chunk_size)
+        shifts = self.pair_shifts(indices, variant, chunk_size)
+        return (own * shifts).sum(dim=1)

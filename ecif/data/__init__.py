@@ -1,0 +1,1 @@
+"""Inputs: embedded and torchvision data sets, misalignment injection, encoders, frozen features."""

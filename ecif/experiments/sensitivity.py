@@ -1,0 +1,147 @@
+"""Ablation and sensitivity sweeps: damping ``mu``, regularisation ``lam``, batch size.
+
+Each sweep reports, per setting and influence variant, the agreement of ``IS`` with leave-one-out
+retraining on a fixed sample of pairs (Pearson, Spearman; ground truth from
+:func:`ecif.experiments.retraining.loo_val_changes`), detection quality of ``-IS`` (AUROC, precision@k with
+k = number misaligned, when a mask is given), and the smallest Hessian eigenvalue (undamped,
+dense solver only; ``nan`` for CG). Changing ``lam`` or the batch size changes the objective, so
+those sweeps refit ``theta_hat`` and recompute the ground truth; the damping sweep keeps the fit
+and the ground truth and only changes the solve.
+
+The batch-size sweep also answers *how* the influence and the ground truth move with the
+protocol: each row carries ``is_spearman_vs_first`` (rank correlation of the variant's ``IS`` over
+all pairs with the same variant's ``IS`` at the first batch size of the sweep),
+``loo_spearman_vs_first`` (the same for the leave-one-out ground truth on the fixed sample) and
+``neg_to_pos`` (``||IS_negative|| / ||IS_positive||`` over all pairs: the weight of the negative
+role at that batch size).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ecif.core.batching import BatchingProtocol
+from ecif.core.evaluate import validation_gradient
+from ecif.core.fit import fit
+from ecif.core.influence import ECIF, VARIANTS
+from ecif.experiments.metrics import auroc, loo_agreement, precision_at_k
+from ecif.core.objective import ContrastiveObjective
+from ecif.experiments.retraining import loo_val_changes
+from ecif.core.solvers import DenseSolver
+
+__all__ = ["batch_size_sweep", "damping_sweep", "lam_sweep", "score_rows"]
+
+
+def _min_eig(solver) -> float:
+    return float(solver.eigenvalues[0]) if isinstance(solver, DenseSolver) else float("nan")
+
+
+def score_rows(engine, val_gradient, loo=None, mask=None, variants=VARIANTS, scores_out=None) -> list[dict]:
+    """One dict per variant: ``variant``, ``pearson``/``spearman`` against ``loo`` (a
+    DataFrame from :func:`~ecif.experiments.retraining.loo_val_changes`), ``auroc``/``precision_at_k`` of
+    ``-IS`` against ``mask``; missing inputs give ``nan``. With a dict ``scores_out``, the
+    ``(n,)`` score arrays are also stored there by variant."""
+    IS = engine.influence_scores(val_gradient, variants=variants)
+    if scores_out is not None:
+        scores_out.update({v: IS[v].numpy() for v in variants})
+    rows = []
+    for v in variants:
+        s = IS[v].numpy()
+        row = {"variant": v, "pearson": np.nan, "spearman": np.nan, "auroc": np.nan, "precision_at_k": np.nan}
+        if loo is not None:
+            a = loo_agreement(s[loo["index"].to_numpy()], loo["actual"].to_numpy())
+            row.update(pearson=a["pearson"], spearman=a["spearman"])
+        if mask is not None:
+            m = np.asarray(mask, dtype=bool)
+            row.update(auroc=auroc(-s, m), precision_at_k=precision_at_k(-s, m, int(m.sum())))
+        rows.append(row)
+    return rows
+
+
+def damping_sweep(objective, theta_hat, val_gradient, dampings, loo=None, mask=None,
+                  variants=VARIANTS) -> pd.DataFrame:
+    """Rows ``damping``, ``min_eigenvalue``, ``variant``, ``pearson``, ``spearman``, ``auroc``,
+    ``precision_at_k`` for each damping ``mu``; one dense Hessian shared by all (``P`` up to a
+    few thousand)."""
+    h = objective.hessian(torch.as_tensor(theta_hat, dtype=torch.float64))
+    rows = []
+    for mu in dampings:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # indefinite at small mu: reported below
+            solver = DenseSolver(h, damping=float(mu))
+        eng = ECIF(objective, theta_hat, solver=solver)
+        for r in score_rows(eng, val_gradient, loo, mask, variants):
+            rows.append({"damping": float(mu), "min_eigenvalue": _min_eig(solver), **r})
+    return pd.DataFrame(rows)
+
+
+def _refit_and_score(objective, val_objective, loo_indices, mask, variants, theta_init, gtol, method="auto",
+                     scores_out=None):
+    res = fit(objective, theta_init=theta_init, gtol=gtol, max_iter=200, method=method)
+    eng = ECIF(objective, res.theta, solver="auto")
+    g = validation_gradient(val_objective, res.theta)
+    loo = None
+    if loo_indices is not None:
+        loo = loo_val_changes(objective, res.theta, val_objective, loo_indices, gtol=gtol, preconditioner=eng.solver)
+    info = {"fit_grad_norm": res.grad_norm, "fit_converged": res.converged, "min_eigenvalue": _min_eig(eng.solver),
+            "loo_converged": True if loo is None else bool(loo["converged"].all())}
+    rows = [{**info, **r} for r in score_rows(eng, g, loo, mask, variants, scores_out)]
+    if scores_out is not None and loo is not None:
+        scores_out["loo"] = loo["actual"].to_numpy()
+    return res.theta, rows
+
+
+def lam_sweep(objective, lams, val_objective, loo_indices=None, mask=None, variants=VARIANTS,
+              gtol: float = 1e-9, method: str = "auto") -> pd.DataFrame:
+    """Refit at each ``lam`` (warm-started from the previous optimum, in the order given; ``method``
+    as in :func:`~ecif.core.fit.fit`), then score. Rows ``lam``, ``fit_grad_norm``, ``fit_converged``,
+    ``min_eigenvalue``, ``loo_converged``, ``variant``, ``pearson``, ``spearman``, ``auroc``,
+    ``precision_at_k``."""
+    _check_values(lams, "lams")
+    rows, theta = [], None
+    for lam in lams:
+        theta, rs = _refit_and_score(objective.with_lam(float(lam)), val_objective, loo_indices, mask, variants,
+                                     theta, gtol, method)
+        rows += [{"lam": float(lam), **r} for r in rs]
+    return pd.DataFrame(rows)
+
+
+def batch_size_sweep(param, x, y, batch_sizes, lam: float, val_objective, loo_indices=None, mask=None,
+                     seed: int = 0, variants=VARIANTS, gtol: float = 1e-9, method: str = "auto") -> pd.DataFrame:
+    """Rebuild the training objective with ``BatchingProtocol.from_seed(n, b, seed)`` for each
+    batch size ``b`` (``None`` = one full batch), refit from ``theta0``, and score (the
+    validation objective keeps its own batching). Rows as :func:`lam_sweep` with ``batch_size``
+    (``n`` for a full batch) instead of ``lam``, plus ``is_spearman_vs_first``,
+    ``loo_spearman_vs_first`` (``nan`` without ``loo_indices``) and ``neg_to_pos`` (module
+    docstring). The negative role is always scored, so ``neg_to_pos`` is defined."""
+    _check_values(batch_sizes, "batch_sizes")
+    n = np.shape(x)[0]
+    scored = tuple(dict.fromkeys([*variants, "positive", "negative"]))
+    rows, first = [], None
+    for b in batch_sizes:
+        obj = ContrastiveObjective(param, x, y, BatchingProtocol.from_seed(n, b, seed), lam=lam)
+        scores: dict = {}
+        _, rs = _refit_and_score(obj, val_objective, loo_indices, mask, scored, None, gtol, method, scores)
+        first = first if first is not None else scores
+        neg_to_pos = float(np.linalg.norm(scores["negative"]) / np.linalg.norm(scores["positive"]))
+        loo_rho = _spearman(scores["loo"], first["loo"]) if "loo" in scores else np.nan
+        for r in rs:
+            if r["variant"] not in variants:
+                continue
+            rows.append({"batch_size": n if b is None else int(b), **r,
+                         "is_spearman_vs_first": _spearman(scores[r["variant"]], first[r["variant"]]),
+                         "loo_spearman_vs_first": loo_rho, "neg_to_pos": neg_to_pos})
+    return pd.DataFrame(rows)
+
+
+def _spearman(a, b) -> float:
+    return loo_agreement(a, b)["spearman"]
+
+
+def _check_values(values, name: str) -> None:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__len__") or len(values) == 0:
+        raise ValueError(f"{name} must be a non-empty list of values, got {values!r}.")

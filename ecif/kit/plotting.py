@@ -1,0 +1,200 @@
+"""Matplotlib figures of the pipeline notebooks (each returns a Figure; the notebook shows and
+saves it). Kept here so the notebooks stay short and the figures look the same everywhere."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+VARIANT_COLORS = {
+    "ecif": "tab:blue",
+    "newton": "tab:orange",
+    "positive": "tab:green",
+    "negative": "tab:red",
+}
+
+
+def save(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Save ``fig`` as PNG (parent folders created); deterministic metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
+    return path
+
+
+def _show_image(ax, image: np.ndarray) -> None:
+    img = np.asarray(image)
+    ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def pair_gallery(
+    images: np.ndarray,
+    captions: list[str],
+    original: list[str],
+    indices,
+    ncols: int = 4,
+    width: int = 26,
+):
+    """Grid of image-caption pairs: the caption the model is trained on (red when it was
+    corrupted) and, below it, the original caption."""
+    import matplotlib.pyplot as plt
+
+    indices = list(indices)
+    nrows = max(1, int(np.ceil(len(indices) / ncols)))
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(3.0 * ncols, 3.8 * nrows), squeeze=False
+    )
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, k in zip(axes.flat, indices):
+        ax.axis("on")
+        _show_image(ax, images[k])
+        changed = captions[k] != original[k]
+        shown = textwrap.fill(f"train: {captions[k]}", width)
+        truth = textwrap.fill(f"true: {original[k]}", width)
+        ax.set_title(shown, fontsize=8, color="tab:red" if changed else "black")
+        ax.set_xlabel(truth, fontsize=7, color="0.35")
+        ax.set_ylabel(f"pair {k}", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def loss_curve(values, xlabel: str = "epoch", ylabel: str = "loss", title: str = ""):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.plot(np.arange(1, len(values) + 1), values, marker=".")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def loo_scatter(table, variants=("ecif", "newton", "positive", "negative"), stats=None):
+    """One panel per variant: predicted ``IS(k)`` against the retrained change, identity line,
+    misaligned pairs marked; ``stats`` (variant -> {pearson, spearman}) goes into the titles."""
+    import matplotlib.pyplot as plt
+
+    actual = table["actual"].to_numpy()
+    bad = table["misaligned"].to_numpy().astype(bool)
+    fig, axes = plt.subplots(
+        1, len(variants), figsize=(3.6 * len(variants), 3.6), squeeze=False
+    )
+    for ax, v in zip(axes[0], variants):
+        pred = table[v].to_numpy()
+        lo = float(min(actual.min(), pred.min()))
+        hi = float(max(actual.max(), pred.max()))
+        pad = 0.05 * (hi - lo or 1.0)
+        ax.plot(
+            [lo - pad, hi + pad], [lo - pad, hi + pad], color="0.6", lw=1, label="y = x"
+        )
+        ax.scatter(
+            actual[~bad], pred[~bad], s=18, color=VARIANT_COLORS.get(v), label="clean"
+        )
+        ax.scatter(
+            actual[bad], pred[bad], s=28, marker="x", color="black", label="misaligned"
+        )
+        title = v
+        if stats and v in stats:
+            title += f"\nPearson {stats[v]['pearson']:.3f}, Spearman {stats[v]['spearman']:.3f}"
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("actual  L_val(θ₋ₖ) − L_val(θ̂)", fontsize=8)
+        ax.ticklabel_format(style="sci", scilimits=(-2, 2))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("predicted IS(k)", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def detection_curves(
+    precision, recall, n_injected: int | None = None, highlight=("ecif",)
+):
+    """Precision@k and recall@k against k for every method (wide DataFrames from
+    :func:`ecif.kit.pipeline.detection_curves`); a dashed line at k = number injected."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    methods = [c for c in precision.columns if c != "k"]
+    for ax, df, name in (
+        (axes[0], precision, "precision@k"),
+        (axes[1], recall, "recall@k"),
+    ):
+        for m in methods:
+            style = {"lw": 2.2} if m in highlight else {"lw": 1.1}
+            if m == "random":
+                style = {"lw": 1.0, "ls": ":", "color": "0.4"}
+            ax.plot(df["k"], df[m], label=m, **style)
+        if n_injected:
+            ax.axvline(n_injected, color="0.5", ls="--", lw=0.8)
+        ax.set_xlabel("k (pairs flagged, most harmful first)")
+        ax.set_ylabel(name)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def curves_by_panel(frame, panel: str, x: str, y: str, line: str, err: str | None = None,
+                    xlabel: str = "", ylabel: str = "", logx: bool = False, highlight=("ecif",)):
+    """One panel per value of column ``panel`` of the long DataFrame ``frame``, one line per
+    value of ``line``: ``y`` against ``x`` (shaded ``y +- err`` when ``err`` is given).
+    Used for the sweeps: precision@k per misalignment kind, agreement per damping or ``lam``."""
+    import matplotlib.pyplot as plt
+
+    panels = list(dict.fromkeys(frame[panel]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
+    for ax, p in zip(axes[0], panels):
+        sub = frame[frame[panel] == p]
+        for name in dict.fromkeys(sub[line]):
+            d = sub[sub[line] == name].sort_values(x)
+            style = {"lw": 2.2} if name in highlight else {"lw": 1.1}
+            if name == "random":
+                style = {"lw": 1.0, "ls": ":", "color": "0.4"}
+            (h,) = ax.plot(d[x], d[y], label=str(name), **style)
+            if err is not None:
+                ax.fill_between(d[x], d[y] - d[err], d[y] + d[err], color=h.get_color(), alpha=0.12, lw=0)
+        if logx:
+            ax.set_xscale("symlog", linthresh=1e-4)
+        ax.set_title(f"{panel} = {p}", fontsize=9)
+        ax.set_xlabel(xlabel or x)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(ylabel or y)
+    axes[0][-1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def trace_gallery(test_images, test_titles, train_images, captions, table, mask=None, width: int = 22):
+    """One row per mispredicted test item: its image (title ``test_titles[item]``), then its top
+    traced training pairs (``table`` from :func:`ecif.experiments.trace.trace_gallery`: ``item``,
+    ``rank``, ``pair``, ``score``) as image + training caption, red where ``mask`` marks the
+    pair as misaligned."""
+    import matplotlib.pyplot as plt
+
+    items = list(dict.fromkeys(table["item"]))
+    top = int(table["rank"].max()) + 1
+    fig, axes = plt.subplots(len(items), top + 1, figsize=(2.4 * (top + 1), 2.9 * len(items)), squeeze=False)
+    for row, z in zip(axes, items):
+        for ax in row:
+            ax.axis("off")
+        row[0].axis("on")
+        _show_image(row[0], test_images[z])
+        row[0].set_title(textwrap.fill(test_titles[z], width), fontsize=8, color="tab:blue")
+        for _, r in table[table["item"] == z].sort_values("rank").iterrows():
+            ax = row[int(r["rank"]) + 1]
+            ax.axis("on")
+            k = int(r["pair"])
+            _show_image(ax, train_images[k])
+            bad = mask is not None and bool(np.asarray(mask)[k])
+            ax.set_title(textwrap.fill(("[misaligned] " if bad else "") + captions[k], width), fontsize=7,
+                         color="tab:red" if bad else "black")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from core_problems import fitted_loo_problem, tiny_objective
+
+from ecif.core.fit import ConvergenceWarning, fit, retrain_without
+
+
+@pytest.mark.parametrize("method", ["newton", "newton-cg"])
+def test_fit_reaches_tolerance_deterministically(method):
+    obj = tiny_objective("lora", n=20, batch_size=7, lam=0.5)
+    a = fit(obj, method=method, gtol=1e-10)
+    b = fit(obj, method=method, gtol=1e-10)
+    assert a.converged and a.grad_norm <= 1e-10
+    assert float(obj.gradient(a.theta).norm()) == pytest.approx(a.grad_norm, abs=1e-14)
+    assert torch.equal(a.theta, b.theta)
+
+
+def test_newton_and_newton_cg_find_the_same_optimum():
+    # the objective is not convex (several optima): compare both methods inside one basin
+    obj = tiny_objective("linear", n=20, batch_size=7, lam=0.5)
+    a = fit(obj, method="newton", gtol=1e-11)
+    start = a.theta + 0.01 * torch.randn(obj.n_params, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    b = fit(obj, theta_init=start, method="newton-cg", gtol=1e-11)
+    assert b.converged and torch.allclose(a.theta, b.theta, atol=1e-8)
+
+
+def test_unconverged_fit_warns_and_flags():
+    obj = tiny_objective("linear", n=20, lam=0.1)
+    with pytest.warns(ConvergenceWarning, match="did not converge"):
+        res = fit(obj, max_iter=1)
+    assert not res.converged and res.grad_norm > res.gtol and res.summary()["converged"] is False
+
+
+def test_preconditioned_refit_equals_plain_refit():
+    _, obj, _, res, eng = fitted_loo_problem("linear")
+    a = retrain_without(obj, res.theta, [3, 50], preconditioner=eng.solver)
+    b = retrain_without(obj, res.theta, [3, 50])
+    assert a.converged and b.converged
+    assert torch.allclose(a.theta, b.theta, atol=1e-8)
+    assert float(obj.without([3, 50]).gradient(a.theta).norm()) <= 1e-9
+
+
+def test_fit_argument_errors():
+    obj = tiny_objective()
+    with pytest.raises(ValueError, match="unknown fit method"):
+        fit(obj, method="sgd")
+    with pytest.raises(ValueError, match="theta_init must have shape"):
+        fit(obj, theta_init=torch.zeros(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="gtol"):
+        fit(obj, gtol=0)

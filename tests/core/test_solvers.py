@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+import torch
+
+from core_problems import random_theta, tiny_objective
+
+from ecif.core.fit import fit
+from ecif.core.solvers import CGSolver, DenseSolver, SolverError, make_solver
+
+
+def _spd(p=20, seed=0, cond=50.0):
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(p, p, generator=g, dtype=torch.float64))
+    return q @ torch.diag(torch.linspace(1.0, cond, p, dtype=torch.float64)) @ q.T
+
+
+def test_dense_solves_and_reports():
+    h = _spd()
+    b = torch.randn(20, 3, dtype=torch.float64)
+    s = DenseSolver(h, damping=0.5)
+    np.testing.assert_allclose(s.solve(b).numpy(), torch.linalg.solve(h + 0.5 * torch.eye(20), b).numpy(),
+                               atol=1e-12)
+    assert abs(s.report["min_eigenvalue"] - 1.0) < 1e-10 and s.report["positive_definite"]
+    norms = s.inverse_norms(b.T)
+    np.testing.assert_allclose(norms.numpy(), s.solve(b).norm(dim=0).numpy(), atol=1e-12)
+
+
+def test_dense_warns_when_indefinite():
+    h = torch.diag(torch.tensor([-1.0, 2.0, 3.0], dtype=torch.float64))
+    with pytest.warns(RuntimeWarning, match="not positive definite"):
+        s = DenseSolver(h)
+    assert s.report["min_eigenvalue"] == -1.0 and not s.report["positive_definite"]
+    DenseSolver(h, damping=1.5)  # damped past the negative eigenvalue: no warning
+
+
+def test_cg_agrees_with_dense_on_objective():
+    obj = tiny_objective("lora", batch_size=5, lam=1.0)
+    th = fit(obj).theta  # at theta0 LoRA sits on a saddle (B = 0); the optimum is well-conditioned
+    dense = make_solver(obj, th, "dense", damping=0.01)
+    assert dense.report["positive_definite"]
+    cg = make_solver(obj, th, "cg", damping=0.01, rtol=1e-12)
+    b = torch.randn(obj.n_params, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x_dense, x_cg = dense.solve(b), cg.solve(b)
+    assert torch.allclose(x_dense, x_cg, atol=1e-9, rtol=1e-8)
+    assert cg.report["relative_residual"] < 1e-11 and cg.report["iterations"] <= 2 * obj.n_params
+    b2 = torch.stack([b, 2 * b], dim=1)
+    assert torch.allclose(cg.solve(b2)[:, 1], 2 * x_cg, atol=1e-9)
+
+
+def test_cg_fails_loudly():
+    h = _spd(cond=1e4)
+    with pytest.raises(SolverError, match="did not converge"):
+        CGSolver(lambda v: h @ v, 20, rtol=1e-12, max_iter=3).solve(torch.ones(20, dtype=torch.float64))
+    neg = torch.diag(torch.tensor([-1.0, 1.0], dtype=torch.float64))
+    with pytest.raises(SolverError, match="non-positive curvature"):
+        CGSolver(lambda v: neg @ v, 2).solve(torch.tensor([1.0, 0.0], dtype=torch.float64))
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        s = CGSolver(lambda v: h @ v, 20, rtol=1e-12, max_iter=3, strict=False)
+        s.solve(torch.ones(20, dtype=torch.float64))
+    assert s.report["solves"][-1]["converged"] is False
+
+
+def test_solver_argument_errors():
+    with pytest.raises(ValueError, match="damping"):
+        DenseSolver(torch.eye(2, dtype=torch.float64), damping=-1)
+    with pytest.raises(ValueError, match="square"):
+        DenseSolver(torch.ones(2, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="rows"):
+        DenseSolver(torch.eye(2, dtype=torch.float64)).solve(torch.ones(3, dtype=torch.float64))
+    obj = tiny_objective()
+    with pytest.raises(ValueError, match="unknown solver"):
+        make_solver(obj, random_theta(obj), "lissa")

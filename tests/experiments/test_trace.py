@@ -1,0 +1,47 @@
+"""Misprediction trace-back: culprit scores against the engine, gallery, counterfactual removal."""
+
+import numpy as np
+import pytest
+
+from ecif.experiments.trace import counterfactual_traceback, culprit_scores, trace_gallery
+from ecif.experiments.zeroshot import ZeroShotSet
+
+
+def test_zero_shot_set(tp, test_set):
+    wrong = test_set.mispredicted(tp.param, tp.theta)
+    m = test_set.margins(tp.param, tp.theta)
+    assert len(wrong) > 0 and (m[wrong] < 0).all() and (np.diff(m[wrong]) >= 0).all()
+    assert (test_set.predictions(tp.param, tp.theta)[wrong] != test_set.labels[wrong]).all()
+    assert test_set.accuracy(tp.param, tp.theta) == pytest.approx(1 - len(wrong) / len(test_set))
+    with pytest.raises(ValueError, match="labels"):
+        ZeroShotSet(test_set.x, test_set.class_text, test_set.labels[:-1])
+
+
+def test_culprit_scores_match_engine(tp, test_set):
+    z = int(test_set.mispredicted(tp.param, tp.theta)[0])
+    g = test_set.item_gradients(tp.param, tp.theta)[:, z]
+    s = culprit_scores(tp.engine, g, chunk=64)
+    np.testing.assert_allclose(s["is"], -tp.engine.influence_scores(g, variants=("ecif",))["ecif"].numpy(),
+                               rtol=1e-10)
+    idx = np.arange(0, tp.obj.n, 11)
+    np.testing.assert_allclose(s["ris"][idx], -tp.engine.relative_influence(g, idx).numpy(), rtol=1e-10)
+    with pytest.raises(ValueError, match="item_gradient"):
+        culprit_scores(tp.engine, g[:-1])
+
+
+def test_gallery_and_counterfactual(tp, test_set):
+    mask = tp.data.misaligned
+    wrong = test_set.mispredicted(tp.param, tp.theta)[:2]
+    gal = trace_gallery(tp.engine, test_set, wrong, top=3, mask=mask)
+    assert len(gal) == 6 and set(gal["rank"]) == {0, 1, 2}
+    assert (gal.groupby("item").score.apply(lambda s: (np.diff(s.to_numpy()) <= 0).all())).all()
+    cf = counterfactual_traceback(tp.engine, test_set, wrong[:1], ks=(8,), n_random=2, mask=mask,
+                                  preconditioner=tp.engine.solver)
+    assert list(cf.method) == ["ris", "is", "random", "random"] and cf.converged.all()
+    delta = (cf.margin_after - cf.margin_before).to_numpy()
+    # removing the traced culprits raises the item's margin, more than random removals do
+    assert delta[0] > 0 and delta[1] > 0 and delta[1] > delta[2:].max()
+    with pytest.raises(ValueError, match="k must"):
+        counterfactual_traceback(tp.engine, test_set, wrong[:1], ks=(0,))
+    with pytest.raises(ValueError, match="out of range"):
+        trace_gallery(tp.engine, test_set, [10_000])

@@ -1,0 +1,136 @@
+"""ecif.kit.notebook_runner: parameter injection, and the two checks made before executing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+pytest.importorskip("papermill")
+
+from ecif.kit import notebook_runner as nr
+
+
+def write_notebook(path: Path, parameters_source: str | None) -> None:
+    """A two-cell notebook: parameters (tagged, unless None) and a cell dumping them to JSON."""
+    cells = []
+    if parameters_source is not None:
+        cell = nbformat.v4.new_code_cell(parameters_source)
+        cell.metadata["tags"] = ["parameters"]
+        cells.append(cell)
+    else:
+        cells.append(nbformat.v4.new_code_cell("rate = 0.1\nseed = 0\nname = 'x'"))
+    cells.append(nbformat.v4.new_markdown_cell("Writes what it received, relative to the cwd."))
+    cells.append(
+        nbformat.v4.new_code_cell(
+            "import json, os\n"
+            "with open('seen.json', 'w') as fh:\n"
+            "    json.dump({'rate': rate, 'seed': seed, 'name': name, 'cwd': os.getcwd()}, fh)"
+        )
+    )
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, str(path))
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "params.yaml").write_text(
+        "common:\n  seed: 7\n  device: cpu\n"  # device is not a parameter of the notebook
+        "toy:\n  rate: 0.3\n  name: injected\n"
+        "typo:\n  rtae: 0.3\n"
+    )
+    write_notebook(tmp_path / "notebooks" / "01_toy.ipynb", "rate = 0.1\nseed = 0\nname = 'x'")
+    return tmp_path
+
+
+def test_parameters_are_injected_and_reports_written(project: Path) -> None:
+    executed = nr.run_stage("toy", root=project, overrides=["name=overridden"])
+    assert executed == project / "reports" / "01_toy.ipynb"
+    seen = json.loads((project / "seen.json").read_text())
+    assert seen["rate"] == 0.3  # from the stage group
+    assert seen["seed"] == 7  # from common, defined in the notebook
+    assert seen["name"] == "overridden"  # --override wins
+    assert Path(seen["cwd"]).resolve() == project.resolve()  # runs from the repository root
+    html = (project / "reports" / "01_toy.html").read_text()
+    assert "<html" in html.lower() and "overridden" in html
+    # the source notebook is left untouched (it is a stage dependency)
+    source = nbformat.read(str(project / "notebooks" / "01_toy.ipynb"), as_version=4)
+    assert all(not c.get("outputs") for c in source.cells if c.cell_type == "code")
+
+
+def test_missing_parameters_cell_fails_before_executing(project: Path) -> None:
+    write_notebook(project / "notebooks" / "01_toy.ipynb", None)
+    with pytest.raises(nr.StageError, match="no code cell tagged 'parameters'"):
+        nr.run_stage("toy", root=project)
+    assert not (project / "seen.json").exists()
+    assert not (project / "reports" / "01_toy.ipynb").exists()
+
+
+def test_unknown_parameter_fails_before_executing(project: Path, capsys) -> None:
+    # stage "typo" maps to the same notebook; its key `rtae` is not defined there
+    params = project / "params.yaml"
+    params.write_text(params.read_text() + "notebooks:\n  typo: 01_toy\n")
+    assert (
+        nr.main(
+            [
+                "typo",
+                "--params",
+                str(params),
+                "--notebooks-dir",
+                str(project / "notebooks"),
+                "--reports-dir",
+                str(project / "reports"),
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "rtae" in err and "not defined in the 'parameters' cell" in err
+    assert not (project / "reports" / "01_toy.ipynb").exists()
+
+
+def test_override_typo_is_caught_too(project: Path) -> None:
+    with pytest.raises(nr.StageError, match="nosuch"):
+        nr.run_stage("toy", root=project, overrides=["nosuch=1"])
+
+
+def test_notebook_resolution(tmp_path: Path) -> None:
+    nbs = tmp_path / "notebooks"
+    write_notebook(nbs / "02_fit.ipynb", "a = 1")
+    write_notebook(nbs / "fit_extra.ipynb", "a = 1")
+    assert nr.resolve_notebook("fit", {}, nbs) == nbs / "02_fit.ipynb"
+    assert (
+        nr.resolve_notebook("x", {"notebooks": {"x": "fit_extra"}}, nbs) == nbs / "fit_extra.ipynb"
+    )
+    with pytest.raises(nr.StageError, match="no notebook for stage"):
+        nr.resolve_notebook("missing", {}, nbs)
+
+
+def test_override_values_are_yaml() -> None:
+    assert nr.parse_override("noise.rate=0.3") == (["noise", "rate"], 0.3)
+    assert nr.parse_override("flag=true") == (["flag"], True)
+    assert nr.parse_override("ks=[1, 5]") == (["ks"], [1, 5])
+    with pytest.raises(nr.StageError):
+        nr.parse_override("no_equals_sign")
+
+
+def test_out_name_names_the_executed_copy(project: Path, monkeypatch) -> None:
+    """A foreach/matrix cell keeps its own report: --out-name replaces the notebook's name."""
+    monkeypatch.chdir(project)
+    assert nr.main(["toy", "--override", "rate=0.2", "--out-name", "01_toy_rate0.2"]) == 0
+    assert json.loads((project / "seen.json").read_text())["rate"] == 0.2
+    assert (project / "reports" / "01_toy_rate0.2.ipynb").is_file()
+    assert (project / "reports" / "01_toy_rate0.2.html").stat().st_size > 0
+    assert not (project / "reports" / "01_toy.ipynb").exists()
+    executed = nr.run_stage("toy", root=project, out_name="01_toy_b.ipynb", html=False)
+    assert executed == project / "reports" / "01_toy_b.ipynb"
+    with pytest.raises(nr.StageError, match="plain file name"):
+        nr.run_stage("toy", root=project, out_name="../elsewhere")

@@ -1,0 +1,240 @@
+"""Smoke run of the whole DVC pipeline with tiny parameters, every notebook through papermill.
+
+The stage commands are read from ``dvc.yaml`` and run in order, exactly as ``dvc repro`` would
+run them (a ``matrix`` stage once per cell of the tiny grid, ``${item.*}`` filled in), in a temporary copy of the project (``params.yaml`` shrunk: 2 encoder epochs, 120
+train pairs, 8 leave-one-out refits), so the real ``artifacts/``, ``reports/`` and ``metrics/``
+are never touched. The assertions are on the metrics files the notebooks write.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytest.importorskip("papermill")
+
+ROOT = Path(__file__).resolve().parents[2]
+VARIANTS = ("positive", "negative", "ecif", "newton")
+METHODS = VARIANTS + ("tracin", "pair_loss", "cosine", "random")
+
+TINY = {
+    "noise": {"n_gallery": 4},
+    "encoder": {"epochs": 2},
+    "finetune": {"n_train": 120, "batch_size": 32},
+    "loo": {"n_pairs": 8, "n_misaligned": 3},
+    "detection_grid": {"kinds": ["systematic_swap"], "rates": [0.2], "seeds": [0, 1]},
+    "ablation": {"dampings": [0.0, 0.1], "lams": [0.1, 0.3], "batch_sizes": [32, None], "n_pairs": 4,
+                 "n_misaligned": 2},
+    "cleaning": {"random_seeds": [0, 1]},
+    "traceback": {"n_items": 2, "ks": [2], "n_random": 1, "n_gallery": 2, "top": 2},
+}
+SWEEP_METHODS = METHODS[:4] + ("self_ecif", "self_positive") + METHODS[4:]
+
+
+def _lookup(params: dict, dotted: str):
+    node = params
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _expand(name: str, stage: dict, params: dict) -> list[tuple[str, dict]]:
+    """A plain stage as is; a ``matrix`` stage once per cell (``${group.key}`` lists read from
+    ``params``, ``${item.<axis>}`` substituted everywhere in the stage)."""
+    if "matrix" not in stage:
+        return [(name, stage)]
+    axes = {}
+    for axis, values in stage["matrix"].items():
+        if isinstance(values, str) and values.startswith("${"):
+            values = _lookup(params, values[2:-1])
+        axes[axis] = values
+    body = yaml.safe_dump({k: v for k, v in stage.items() if k != "matrix"})
+    cells = []
+    for combo in itertools.product(*axes.values()):
+        text = body
+        for axis, value in zip(axes, combo):
+            text = text.replace(f"${{item.{axis}}}", str(value))
+        cells.append((f"{name}@{'-'.join(map(str, combo))}", yaml.safe_load(text)))
+    return cells
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pipeline")
+    shutil.copytree(ROOT / "notebooks", root / "notebooks")
+    shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for group, values in TINY.items():
+        params[group].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if (ROOT / "data" / params["common"]["dataset"]).is_dir():
+        (root / "data").symlink_to(ROOT / "data", target_is_directory=True)
+    else:  # data not pulled: the embedded data sets are rebuilt in memory
+        from ecif.data.datasets import write_embedded
+
+        write_embedded(root / "data")
+
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    expanded = [cell for n, st in stages.items() for cell in _expand(n, st, params)]
+    for name, stage in expanded:
+        proc = subprocess.run(
+            shlex.split(stage["cmd"]),
+            check=False,
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, (
+            f"stage {name} failed:\n{proc.stdout}\n{proc.stderr}"
+        )
+        # every declared output exists
+        for out in stage.get("outs", []) + stage.get("metrics", []):
+            path = next(iter(out)) if isinstance(out, dict) else out
+            assert (root / path).exists(), f"stage {name} did not write {path}"
+    return root
+
+
+def _metrics(root: Path, name: str) -> dict:
+    return _flat(json.loads((root / "metrics" / f"{name}.json").read_text()))
+
+
+@pytest.mark.slow
+def test_every_notebook_executed(smoke_run: Path) -> None:
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        if nb.stem == "06_detection_cell":  # one report per cell of the matrix, no HTML
+            assert len(list((smoke_run / "reports").glob("06_detection_cell_*.ipynb"))) == 2
+            continue
+        assert (smoke_run / "reports" / nb.name).is_file()
+        assert (smoke_run / "reports" / nb.with_suffix(".html").name).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_fit_converged(smoke_run: Path) -> None:
+    m = _metrics(smoke_run, "finetune")
+    assert m["fit.converged"] is True
+    assert m["fit.grad_norm"] <= 1e-8
+    assert m["fit.n_train"] == 120
+    assert 0 < m["fit.n_misaligned"] < 120
+    assert m["hessian.min_eigenvalue"] > 0
+    assert 0.0 <= m["zero_shot.fitted"] <= 1.0
+
+
+@pytest.mark.slow
+def test_loo_metrics(smoke_run: Path) -> None:
+    m = _metrics(smoke_run, "loo")
+    for v in VARIANTS:
+        for stat in ("pearson", "spearman"):
+            assert math.isfinite(m[f"loo.{v}.{stat}"]), (v, stat)
+    assert m["loo.n_pairs"] == 8 and m["loo.n_misaligned"] == 3
+    assert m["loo.refit_all_converged"] is True
+    assert m["loo.refit_max_grad_norm"] <= 1e-8
+    assert m["loo.ecif.pearson"] > 0.8
+    assert m["loo.newton.pearson"] > 0.8
+    assert m["time.ecif_all_pairs_s"] > 0 and m["time.retrain_one_s"] > 0
+    table = (smoke_run / "plots" / "loo_scatter.csv").read_text().splitlines()
+    assert (
+        table[0].split(",")[:3] == ["pair", "misaligned", "actual"] and len(table) == 9
+    )
+
+
+@pytest.mark.slow
+def test_detection_metrics(smoke_run: Path) -> None:
+    m = _metrics(smoke_run, "detect")
+    assert m["detect_k"] == _metrics(smoke_run, "finetune")["fit.n_misaligned"]
+    for method in METHODS:
+        for key in ("precision_at_k", "recall_at_k", "auroc", "average_precision"):
+            value = m[f"detect.{method}.{key}"]
+            assert math.isfinite(value) and 0.0 <= value <= 1.0, (method, key, value)
+    # influence finds misaligned pairs better than chance even in the tiny run
+    assert m["detect.ecif.auroc"] > 0.6
+    header = (smoke_run / "plots" / "detect_precision.csv").read_text().splitlines()[0]
+    assert header.split(",") == ["k", *METHODS]
+
+
+@pytest.mark.slow
+def test_detection_sweep_metrics(smoke_run: Path) -> None:
+    cell = _metrics(smoke_run, "detection_sweep/systematic_swap_0.2_1")
+    assert cell["cell.fit_converged"] is True and cell["cell.n_train"] == 120
+    assert 0 < cell["cell.n_misaligned"] < 120  # 20 % of all 400 pairs, the first 120 kept
+    m = _metrics(smoke_run, "detection_summary")
+    assert m["detection_grid.n_cells"] == 2
+    for kind in ("systematic_swap",):
+        for method in SWEEP_METHODS:
+            for key in ("precision_at_k", "recall_at_k", "auroc", "average_precision"):
+                value = m[f"detection_sweep.{kind}.{method}.{key}_mean"]
+                assert 0.0 <= value <= 1.0, (kind, method, key, value)
+                assert m[f"detection_sweep.{kind}.{method}.{key}_std"] >= 0.0
+        assert m[f"detection_winner.{kind}.auroc"] in SWEEP_METHODS
+    assert "| systematic_swap |" in (smoke_run / "reports" / "tables" / "detection.md").read_text()
+
+
+@pytest.mark.slow
+def test_ablation_metrics(smoke_run: Path) -> None:
+    m = _metrics(smoke_run, "ablation")
+    for v in ("positive", "negative", "ecif"):
+        assert math.isfinite(m[f"ablation_roles.{v}.pearson"]) and 0 <= m[f"ablation_roles.{v}.auroc"] <= 1
+    assert m["sensitivity.lam.lam_3e-01.min_eigenvalue"] > m["sensitivity.lam.lam_1e-01.min_eigenvalue"] > 0
+    assert m["sensitivity.damping.damping_0e+00.ecif.spearman"] > 0.5
+    assert math.isfinite(m["sensitivity.batch_size.batch_size_32.ecif.pearson"])
+    # the first batch size of the sweep is its own reference
+    assert m["sensitivity.batch_size.batch_size_32.ecif.is_spearman_vs_first"] == pytest.approx(1.0)
+    assert m["sensitivity.batch_size.batch_size_32.ecif.neg_to_pos"] > 0
+    assert -1 <= m["sensitivity.batch_size.batch_size_120.ecif.loo_spearman_vs_first"] <= 1
+    # metric keys carry no dots of their own (DVC joins nested keys with '.')
+    assert all(k.count(".") <= 4 for k in m), [k for k in m if k.count(".") > 4]
+
+
+@pytest.mark.slow
+def test_cleaning_and_editing_metrics(smoke_run: Path) -> None:
+    m = _metrics(smoke_run, "cleaning")
+    assert m["cleaning_n_removed"] == 12
+    for method in ("none", "random", "ecif", "cosine"):
+        assert 0.0 <= m[f"cleaning.{method}.accuracy_mean"] <= 1.0
+    assert m["cleaning.none.misaligned_removed"] == 0
+    for kind in ("harmful", "valuable", "random"):
+        for variant in ("ecif", "newton"):
+            for key in ("predicted_val_change", "edited_val_change", "actual_val_change", "shift_rel_error"):
+                assert math.isfinite(m[f"editing.{kind}_{variant}.{key}"]), (kind, variant, key)
+        # one retraining per set, shared by both edits
+        assert m[f"editing.{kind}_ecif.actual_val_change"] == m[f"editing.{kind}_newton.actual_val_change"]
+    # the edit predicts the retrained change for the harmful and random sets; removing the most
+    # valuable pairs of the tiny 2-epoch model can move the retraining into another basin
+    for kind in ("harmful", "random"):
+        pred, actual = m[f"editing.{kind}_ecif.predicted_val_change"], m[f"editing.{kind}_ecif.actual_val_change"]
+        assert abs(pred - actual) <= 0.5 * abs(actual) + 1e-3, (kind, pred, actual)
+    assert m["editing.harmful_ecif.actual_val_change"] < 0
+
+
+@pytest.mark.slow
+def test_traceback_and_summary(smoke_run: Path) -> None:
+    m = _metrics(smoke_run, "traceback")
+    assert m["traceback_items"] == 2
+    for method in ("ris", "is", "random"):
+        assert 0.0 <= m[f"traceback.{method}_k2.fix_rate"] <= 1.0
+    summary = (smoke_run / "reports" / "tables" / "summary.md").read_text()
+    for title in ("Table 1: cleaning", "Table 2: edited vs retrained", "Winner per misalignment kind"):
+        assert title in summary
