@@ -174,7 +174,7 @@ def curves_by_panel(frame, panel: str, x: str, y: str, line: str, err: str | Non
 
 def trace_gallery(test_images, test_titles, train_images, captions, table, mask=None, width: int = 22):
     """One row per mispredicted test item: its image (title ``test_titles[item]``), then its top
-    traced training pairs (``table`` from :func:`ecif.experiments.trace.trace_gallery`: ``item``,
+    traced training pairs (``table`` from :func:`ecif.experiments.misprediction.trace_gallery`: ``item``,
     ``rank``, ``pair``, ``score``) as image + training caption, red where ``mask`` marks the
     pair as misaligned."""
     import matplotlib.pyplot as plt

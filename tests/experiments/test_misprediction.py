@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ecif.experiments.trace import counterfactual_traceback, culprit_scores, trace_gallery
+from ecif.experiments.misprediction import counterfactual_traceback, culprit_scores, trace_gallery
 from ecif.experiments.zeroshot import ZeroShotSet
 
 
