@@ -1,0 +1,154 @@
+"""ecif.kit.reports: the aggregation the notebooks used to hold, on hand-made inputs with known
+answers, and against the committed metrics files of the last full pipeline run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ecif.kit import reports as R
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_metric_keys_have_no_dots() -> None:
+    assert R.metric_key("lam", 0.03) == "lam_3e-02"
+    assert R.metric_key("damping", np.float64(0.0)) == "damping_0e+00"
+    assert R.metric_key("batch_size", np.int64(64)) == "batch_size_64"
+    assert R.rate_key(0.1) == "rate_10pct" and R.rate_key(0.3) == "rate_30pct"
+
+
+def _cell(auroc_a: float, auroc_b: float, prec_a: float = 0.5, prec_b: float = 0.4) -> dict:
+    return {"detect": {"ecif": {"precision_at_k": prec_a, "recall_at_k": prec_a, "auroc": auroc_a,
+                                "average_precision": 0.3},
+                       "cosine": {"precision_at_k": prec_b, "recall_at_k": prec_b, "auroc": auroc_b,
+                                  "average_precision": 0.2}}}
+
+
+@pytest.fixture()
+def sweep_cells() -> dict:
+    # kind "a": cosine wins AUROC, ecif wins precision; kind "b": ecif wins both
+    return {("a", 0.1, 0): _cell(0.6, 0.9, 0.7, 0.1), ("a", 0.1, 1): _cell(0.8, 0.7, 0.5, 0.3),
+            ("b", 0.1, 0): _cell(0.9, 0.5), ("b", 0.1, 1): _cell(0.7, 0.5)}
+
+
+def test_sweep_stats_winners_and_summary(sweep_cells: dict) -> None:
+    long = R.sweep_long_table(sweep_cells)
+    assert len(long) == 8
+    stats = R.sweep_stats(long)
+    assert stats.loc[("a", 0.1, "ecif"), ("auroc", "mean")] == pytest.approx(0.7)
+    assert stats.loc[("a", 0.1, "ecif"), ("auroc", "std")] == pytest.approx(np.std([0.6, 0.8], ddof=1))
+    win = R.sweep_winners(long)
+    assert win.loc["a", "winner_auroc"] == "cosine" and win.loc["a", "ecif_rank"] == 2
+    assert win.loc["a", "winner_precision_at_k"] == "ecif"
+    assert win.loc["b", "winner_auroc"] == "ecif" and win.loc["b", "ecif_rank"] == 1
+    summ = R.sweep_summary(long, ["a", "b"], [0.1], [0, 1])
+    assert summ["detection_sweep"]["a"]["cosine"]["auroc_mean"] == pytest.approx(0.8)
+    assert summ["detection_sweep"]["a"]["cosine"]["auroc_std"] == pytest.approx(np.std([0.9, 0.7], ddof=1))
+    assert summ["detection_by_rate"]["b"]["rate_10pct"]["ecif"]["auroc_mean"] == pytest.approx(0.8)
+    assert summ["detection_winner"]["a"] == {"auroc": "cosine", "precision_at_k": "ecif", "ecif_rank_auroc": 2}
+    assert summ["detection_grid"]["n_cells"] == 4
+    md = R.sweep_markdown(stats, win, [0, 1])
+    assert "| a | 0.1 | ecif | 0.600 ± 0.141 |" in md and "| a | cosine (0.800) | ecif (0.600) | 0.700 (2) |" in md
+
+
+def test_single_seed_reports_zero_spread(sweep_cells: dict) -> None:
+    one = {key: v for key, v in sweep_cells.items() if key[2] == 0}
+    summ = R.sweep_summary(R.sweep_long_table(one), ["a", "b"], [0.1], [0])
+    assert summ["detection_sweep"]["a"]["ecif"]["auroc_std"] == 0.0
+    assert summ["detection_by_rate"]["a"]["rate_10pct"]["ecif"]["auroc_std"] == 0.0
+
+
+def test_sweep_without_cells_is_an_error() -> None:
+    with pytest.raises(ValueError, match="detection_cell"):
+        R.sweep_long_table({})
+
+
+def test_precision_curves_average_over_cells() -> None:
+    mask = np.array([1, 1, 0, 0, 0, 0], dtype=bool)
+    perfect = pd.DataFrame({"pair": range(6), "m": [6, 5, 4, 3, 2, 1], "misaligned": mask})
+    worst = pd.DataFrame({"pair": range(6), "m": [1, 2, 3, 4, 5, 6], "misaligned": mask})
+    curves = R.sweep_precision_curves({("a", 0.1, 0): perfect, ("a", 0.1, 1): worst}, fractions=[0.5, 1.0])
+    row = curves[(curves.method == "m") & (curves.k_over_injected == 1.0)].iloc[0]
+    assert row.precision == pytest.approx(0.5)  # precision@2 is 1 and 0
+    assert row["std"] == pytest.approx(np.std([1.0, 0.0], ddof=1))
+    assert set(curves.columns) == {"kind", "method", "k_over_injected", "precision", "std"}
+
+
+def test_role_table_and_sensitivity_keys() -> None:
+    loo = pd.DataFrame({"actual": [1.0, 2.0, 3.0, 4.0], "ecif": [1.1, 2.1, 2.9, 4.2],
+                        "positive": [4.0, 3.0, 2.0, 1.0], "negative": [0.0, 1.0, 0.0, 1.0]})
+    scores = pd.DataFrame({"misaligned": [1, 1, 0, 0], "ecif": [0.9, 0.8, 0.1, 0.2],
+                           "positive": [0.1, 0.2, 0.9, 0.8], "negative": [0.5, 0.5, 0.5, 0.5]})
+    roles = R.role_table(loo, scores)
+    assert roles["ecif"]["spearman"] == pytest.approx(1.0) and roles["ecif"]["auroc"] == pytest.approx(1.0)
+    assert roles["positive"]["spearman"] == pytest.approx(-1.0) and roles["positive"]["auroc"] == 0.0
+    assert roles["negative"]["precision_at_k"] == pytest.approx(0.5)
+    tab = pd.DataFrame({"lam": [0.03, 0.03, 1.0, 1.0], "variant": ["ecif", "positive"] * 2,
+                        "min_eigenvalue": [0.1, 0.1, 0.5, 0.5], "pearson": [0.9, 0.8, 0.7, 0.6],
+                        "spearman": [0.9, 0.8, 0.7, 0.6], "auroc": [0.5] * 4, "precision_at_k": [0.5] * 4,
+                        "neg_to_pos": [0.2, 0.3, 0.4, 0.5]})
+    sens = R.sensitivity_metrics(tab, "lam", extra=("neg_to_pos",))
+    assert list(sens) == ["lam_3e-02", "lam_1e+00"]
+    assert sens["lam_1e+00"]["min_eigenvalue"] == 0.5 and sens["lam_3e-02"]["positive"]["neg_to_pos"] == 0.3
+    long = R.sweep_table({"lam": tab})
+    assert list(long["sweep"].unique()) == ["lam"] and list(long["value"]) == [0.03, 0.03, 1.0, 1.0]
+
+
+def test_cleaning_editing_and_traceback_tables() -> None:
+    clean = pd.DataFrame({"method": ["none", "ecif", "random", "random"], "accuracy": [0.9, 0.95, 0.9, 0.92],
+                          "n_misaligned_removed": [0, 3, 1, 2]})
+    summary = R.cleaning_summary(clean)
+    edit = pd.DataFrame({"set": ["harmful", "random_0", "random_1"], "variant": ["ecif"] * 3,
+                         **{c: [1.0, 2.0, 4.0] for c in R.EDIT_COLUMNS}})
+    m = R.cleaning_metrics(summary, R.editing_summary(edit), n_removed=3)
+    assert m["cleaning"]["random"] == {"accuracy_mean": pytest.approx(0.91), "accuracy_std": pytest.approx(np.std([0.9, 0.92], ddof=1)),
+                                       "misaligned_removed": 1.5}
+    assert m["cleaning"]["none"]["accuracy_std"] == 0.0  # one run: no spread, not NaN
+    assert m["editing"]["random_ecif"]["shift_rel_error"] == 3.0 and m["editing"]["harmful_ecif"]["edit_s"] == 1.0
+    cf = pd.DataFrame({"method": ["ris", "ris", "random"], "k": [5, 5, 5], "fixed": [True, False, False],
+                       "improved": [True, True, False], "misaligned_removed": [2, 4, 1],
+                       "margin_before": [-1.0, -2.0, -1.0], "margin_after": [0.5, -1.0, -1.5]})
+    rates = R.traceback_rates(cf)
+    assert rates.loc[("ris", 5), "fixed"] == 0.5 and rates.loc[("ris", 5), "margin_gain"] == pytest.approx(1.25)
+    tm = R.traceback_metrics(rates, n_items=2, n_wrong=7, gallery_share=0.25)
+    assert tm["traceback"]["random_k5"]["margin_gain"] == pytest.approx(-0.5) and tm["test_mispredicted"] == 7
+
+
+# ------------------------------------------- the committed outputs of the last full run
+
+
+def _committed(name: str):
+    path = ROOT / name
+    if not path.is_file():
+        pytest.skip(f"{name} not present (run `make repro`)")
+    return json.loads(path.read_text()) if path.suffix == ".json" else pd.read_csv(path)
+
+
+def test_reproduces_the_committed_sweep_summary() -> None:
+    summary = _committed("metrics/detection_summary.json")
+    grid = summary["detection_grid"]
+    cells = {(k, r, s): json.loads((ROOT / f"metrics/detection_sweep/{k}_{r}_{s}.json").read_text())
+             for k in grid["kinds"] for r in grid["rates"] for s in grid["seeds"]}
+    again = R.sweep_summary(R.sweep_long_table(cells), grid["kinds"], grid["rates"], grid["seeds"])
+    assert json.loads(json.dumps(again)) == summary
+
+
+def test_reproduces_the_committed_cleaning_and_traceback_metrics() -> None:
+    cleaning = _committed("metrics/cleaning.json")
+    clean, edit = _committed("plots/cleaning.csv"), _committed("plots/editing.csv")
+    again = R.cleaning_metrics(R.cleaning_summary(clean), R.editing_summary(edit), cleaning["cleaning_n_removed"])
+    for key in ("cleaning", "editing"):
+        assert again[key].keys() == cleaning[key].keys()
+        for name, vals in again[key].items():
+            assert vals == pytest.approx(cleaning[key][name], rel=1e-8, abs=1e-8), name  # the CSVs hold 10 digits
+    tb = _committed("metrics/traceback.json")
+    rates = R.traceback_rates(_committed("plots/traceback.csv"))
+    again = R.traceback_metrics(rates, tb["traceback_items"], tb["test_mispredicted"], tb["gallery_misaligned_share"])
+    assert again["traceback"].keys() == tb["traceback"].keys()
+    for name, vals in again["traceback"].items():
+        assert vals == pytest.approx(tb["traceback"][name], rel=1e-8, abs=1e-8), name  # the CSVs hold 10 digits
