@@ -33,7 +33,7 @@ def random_theta(objective: ContrastiveObjective, scale: float = 0.3, seed: int 
 
 def reference_loss(objective: ContrastiveObjective, theta: torch.Tensor, remove=(), log_zeta=None,
                    zeta_pair: int | None = None) -> torch.Tensor:
-    """Independent, loop-based reference for the objective of spec §1.
+    """Independent, loop-based reference for the objective of docs/math.md §1-§3.
 
     Deletes the rows and columns of ``remove`` literally (index selection, no masks); with
     ``log_zeta`` adds ``log zeta`` once to every entry in row ``zeta_pair`` or column

@@ -1,14 +1,14 @@
 """The fixed batching protocol: a partition of the training indices into batches.
 
 A contrastive loss depends on who else is in a pair's batch, so the partition is part of the
-experiment (spec §1): the objective, every influence estimate and every leave-out retraining use
-the same one. It is drawn once from a seed and saved as a ``.npy`` array of batch ids.
+experiment (docs/math.md §2): the objective, every influence estimate and every leave-out
+retraining use the same one. It is drawn once from a seed; its whole state is the array of batch
+ids (:attr:`BatchingProtocol.batch_ids`), which callers store and pass back to the constructor.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -67,15 +67,6 @@ class BatchingProtocol:
         if n % batch_size == 1:  # a lone pair has no negatives: merge it into the previous batch
             ids[perm[-1]] = ids[perm[-2]]
         return cls(ids)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "BatchingProtocol":
-        """Load a protocol saved by :meth:`save` (a ``.npy`` array of batch ids)."""
-        return cls(np.load(Path(path), allow_pickle=False))
-
-    def save(self, path: str | Path) -> None:
-        """Save the batch ids as ``.npy`` (no pickle)."""
-        np.save(Path(path), self.batch_ids, allow_pickle=False)
 
     # ------------------------------------------------------------------ views
     @property

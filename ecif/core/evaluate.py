@@ -10,7 +10,8 @@ import numpy as np
 import torch
 from torch.func import jacrev
 
-from ecif.core.heads import DTYPE, Parametrization
+from ecif.core.heads import Parametrization
+from ecif.core.terms import DTYPE
 
 __all__ = [
     "validation_loss",

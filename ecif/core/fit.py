@@ -1,7 +1,7 @@
 """Deterministic full-batch float64 fits to a tight optimum, and leave-out retraining.
 
 Influence estimates are only comparable with retraining when ``theta_hat`` and every
-``theta_hat_{-R}`` are true optima (spec §4), so the fit is a damped Newton method on the whole
+``theta_hat_{-R}`` are true optima (docs/math.md §11), so the fit is a damped Newton method on the whole
 objective (no mini-batches, no randomness), run until ``||grad L|| <= gtol``:
 
 * ``method="newton"``: exact Newton steps from the dense Hessian (eigendecomposition; negative
@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ecif.core.heads import DTYPE
 from ecif.core.solvers import CGSolver
+from ecif.core.terms import DTYPE
 
 __all__ = ["FitResult", "ConvergenceWarning", "fit", "retrain_without"]
 
@@ -200,7 +200,7 @@ def retrain_without(objective, theta_hat: torch.Tensor, remove, gtol: float = 1e
     """Leave-out ground truth ``theta_hat_{-R} = argmin L_{-R}``, warm-started from ``theta_hat``.
 
     ``remove`` is an index array or boolean mask over the training pairs; ``L_{-R}`` keeps the
-    factor ``1/n`` and the regulariser (spec §1). Pass the influence solver at ``theta_hat``
+    factor ``1/n`` and the regulariser (docs/math.md §3). Pass the influence solver at ``theta_hat``
     as ``preconditioner`` (e.g. ``ECIF.solver`` built without damping) to skip Hessian
     evaluations; the result is the same optimum to ``gtol``.
     """

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch.func import jvp
 
-__all__ = ["Parametrization", "LinearHeads", "LoRAHeads", "Prepared"]
+from ecif.core.terms import DTYPE
 
-DTYPE = torch.float64
+__all__ = ["Parametrization", "LinearHeads", "LoRAHeads", "Prepared"]
 
 
 def _as_matrix(w, name: str) -> torch.Tensor:

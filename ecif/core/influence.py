@@ -1,16 +1,17 @@
-"""ECIF and its variants at a fitted optimum (spec §2-3).
+"""ECIF and its variants at a fitted optimum (docs/math.md §5-§10).
 
 For a training pair ``k`` and the full-objective Hessian ``H`` at ``theta_hat`` (regulariser
 included, plus damping ``mu``), every variant predicts the parameter shift of removing ``k``:
 
-=============  ==============================================  =====================================
-variant        ``Delta theta(k)``                              role
-=============  ==============================================  =====================================
-``positive``   ``(1/n) H^-1 grad Pos_k``                        classical IF (own terms only)
-``negative``   ``(1/n) H^-1 grad Neg_k``                        k as a negative, first order
-``ecif``       ``(1/n) H^-1 grad [Pos_k + Neg_k]``              the paper's ECIF
-``newton``     ``(1/n) H^-1 grad [Pos_k + NegExact_k]``         exact removal, one Newton step
-=============  ==============================================  =====================================
+=============  =========================================  ==============================================
+variant        ``Delta theta(k)``                         role
+=============  =========================================  ==============================================
+``positive``   ``(1/n) H^-1 grad Pos_k``                  classical IF (own terms only)
+``negative``   ``(1/n) H^-1 grad Neg_k``                  k as a negative, first order
+``ecif``       ``(1/n) H^-1 grad [Pos_k + Neg_k]``        the paper's ECIF
+``newton``     ``(1/n) H^-1 grad [Pos_k + NegExact_k]``   exact removal gradient, one Newton step with
+                                                          the full-data ``H`` at ``theta_hat``
+=============  =========================================  ==============================================
 
 ``Delta theta(k) ~ theta_hat_{-k} - theta_hat``. Influence scores on a validation loss are
 ``IS(k) = grad L_val(theta_hat)^T Delta theta(k) ~ L_val(theta_hat_{-k}) - L_val(theta_hat)``:
@@ -22,17 +23,13 @@ sums over ``R``; ``newton`` uses the exact gradient difference ``grad L - grad L
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from ecif.core.heads import DTYPE
-from ecif.core.objective import VARIANT_TERMS, ContrastiveObjective
+from ecif.core.objective import ContrastiveObjective
 from ecif.core.solvers import DenseSolver, make_solver
+from ecif.core.terms import DTYPE, VARIANT_TERMS, VARIANTS
 
-__all__ = ["VARIANTS", "ECIF"]
-
-#: The influence variants, in the order the kit reports them.
-VARIANTS = ("positive", "negative", "ecif", "newton")
+__all__ = ["ECIF"]
 
 
 def _check_variant(variant: str) -> tuple[str, ...]:
@@ -66,21 +63,19 @@ class ECIF:
         self.n = objective.n
 
     # ------------------------------------------------------------------ helpers
-    def _indices(self, remove) -> np.ndarray:
-        return self.objective._check_remove(remove)
-
     def gradient_term(self, remove, variant: str = "ecif") -> torch.Tensor:
         """The gradient the solve acts on, ``(P,)``: ``(1/n) sum_{k in R} grad T_k(theta_hat)``
         for additive variants, ``grad L(theta_hat) - grad L_{-R}(theta_hat)`` for ``newton``."""
-        terms = _check_variant(variant)
-        idx = torch.from_numpy(self._indices(remove))
+        names = _check_variant(variant)
+        removed = self.objective._check_remove(remove)
         if variant == "newton":
-            return self.objective.gradient(self.theta_hat) - self.objective.without(idx.numpy()).gradient(
+            return self.objective.gradient(self.theta_hat) - self.objective.without(removed).gradient(
                 self.theta_hat)
+        idx = torch.from_numpy(removed)
 
         def selected(th):
             t = self.objective.pair_terms(th)
-            return sum(t[name] for name in terms)[idx].sum() / self.n
+            return sum(t[name] for name in names)[idx].sum() / self.n
 
         return torch.func.grad(selected)(self.theta_hat)
 
@@ -99,7 +94,7 @@ class ECIF:
 
         ``val_gradient`` is ``grad L_val(theta_hat)`` ``(P,)``. One solve
         ``h = (H + mu I)^-1 grad L_val`` and one forward-mode pass give
-        ``IS(k) = (1/n) grad T_k^T h`` for all ``k`` (spec §3). ``IS(k) < 0``: harmful.
+        ``IS(k) = (1/n) grad T_k^T h`` for all ``k`` (docs/math.md §7). ``IS(k) < 0``: harmful.
         Pairs already removed from the objective get 0.
         """
         val_gradient = torch.as_tensor(val_gradient, dtype=DTYPE)

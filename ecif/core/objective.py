@@ -1,19 +1,16 @@
-"""The contrastive objective of spec §1 and its per-pair terms (spec §2-3).
+"""The contrastive objective ``L`` and its per-pair terms, over parameters (docs/math.md §1-§8).
 
-For a batch ``B`` with scaled similarities ``S_ab = s <u_a, v_b>`` (rows: images, columns: texts,
-``u``, ``v`` the normalised embeddings, ``s = exp(t)``), ``P`` the row-softmax and ``Q`` the
-column-softmax of ``S``:
+:class:`ContrastiveObjective` turns a parameter vector ``theta`` into the similarities of every
+batch, ``S[m, i, j] = exp(t) <u_a, v_b>`` (``u``, ``v`` the normalised image and text embeddings
+of the pairs ``a``, ``b`` in slots ``i``, ``j`` of batch ``m``), and hands them to the pure
+functions of :mod:`ecif.core.terms`, which hold the formulas. Here live what depends on
+``theta``: embedding, the padded batch layout (all batches at once as an ``(M, b_max, b_max)``
+tensor with a keep mask), removal of pairs, the scatter of per-slot values back to pair order,
+and the loss, gradient, Hessian-vector product and Hessian.
 
-* positive role  ``Pos_k = [-S_kk + lse_b S_kb] + [-S_kk + lse_a S_ak]``
-* negative role  ``Neg_k = sum_{a != k} P_ak + sum_{b != k} Q_kb``
-* exact removal  ``NegExact_k = -sum_{a != k} log(1 - P_ak) - sum_{b != k} log(1 - Q_kb)``
-
-and the objective is ``L(theta) = (1/n) sum_m sum_{k in B_m} Pos_k + (lam/2) ||theta - theta0||^2``.
-Removing a set ``R`` deletes its rows and columns from every batch and keeps ``1/n`` and the
-regulariser, so ``L - L_{-{k}} = (1/n) [Pos_k + NegExact_k]`` exactly.
-
-All batches are processed at once as a padded ``(M, b_max, b_max)`` tensor; masked entries are
-filled with a large negative constant (not ``-inf``, which would poison gradients with NaN).
+``L(theta) = (1/n) sum_m sum_{k in B_m} Pos_k + (lam/2) ||theta - theta0||^2``. Removing a set
+``R`` deletes its rows and columns from every batch and keeps ``1/n`` and the regulariser, so
+``L - L_{-{k}} = (1/n) [Pos_k + NegExact_k]`` exactly (docs/math.md §3-§4).
 """
 
 from __future__ import annotations
@@ -22,23 +19,12 @@ import numpy as np
 import torch
 from torch.func import grad, jacrev, jvp
 
+from ecif.core import terms
 from ecif.core.batching import BatchingProtocol
-from ecif.core.heads import DTYPE, Parametrization
+from ecif.core.heads import Parametrization
+from ecif.core.terms import DTYPE, TERMS
 
-__all__ = ["ContrastiveObjective", "TERMS", "VARIANT_TERMS"]
-
-_MASKED = -1e30
-
-#: Names of the per-pair terms returned by :meth:`ContrastiveObjective.pair_terms`.
-TERMS = ("pos", "neg", "negexact")
-
-#: Which per-pair terms make up each influence variant's gradient term.
-VARIANT_TERMS = {
-    "positive": ("pos",),
-    "negative": ("neg",),
-    "ecif": ("pos", "neg"),
-    "newton": ("pos", "negexact"),
-}
+__all__ = ["ContrastiveObjective"]
 
 
 def _as_features(a, name: str) -> torch.Tensor:
@@ -106,9 +92,7 @@ class ContrastiveObjective:
         removed_mask = torch.zeros(n, dtype=torch.bool)
         removed_mask[torch.from_numpy(self.removed)] = True
         self.keep = self.valid & ~removed_mask[self.index]
-        self._keep2 = self.keep[:, :, None] & self.keep[:, None, :]
-        eye = torch.eye(self.index.shape[1], dtype=torch.bool)
-        self._offdiag = self._keep2 & ~eye
+        self.masks = terms.masks(self.keep)
 
     # ------------------------------------------------------------------ construction
     def _check_remove(self, remove) -> np.ndarray:
@@ -177,24 +161,6 @@ class ContrastiveObjective:
         ub, vb = u[self.index], v[self.index]
         return torch.exp(self.param.log_scale(theta)) * ub @ vb.transpose(1, 2)
 
-    def _masked(self, s: torch.Tensor) -> torch.Tensor:
-        return torch.where(self._keep2, s, torch.full_like(s, _MASKED))
-
-    def _softmaxes(self, s: torch.Tensor, sl: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
-        """Row softmax ``P`` and column softmax ``Q`` of the batches ``sl`` of ``S``, over kept
-        entries only (0 elsewhere)."""
-        keep2 = self._keep2[sl]
-        sm = torch.where(keep2, s, torch.full_like(s, _MASKED))
-        p = torch.softmax(sm, dim=2) * keep2
-        q = torch.softmax(sm, dim=1) * keep2
-        return p, q
-
-    def _pos(self, s: torch.Tensor) -> torch.Tensor:
-        sm = self._masked(s)
-        diag = torch.diagonal(s, dim1=1, dim2=2)
-        pos = -2.0 * diag + torch.logsumexp(sm, dim=2) + torch.logsumexp(sm, dim=1)
-        return torch.where(self.keep, pos, torch.zeros_like(pos))
-
     def _scatter(self, per_slot: torch.Tensor) -> torch.Tensor:
         """Map a ``(M, b_max)`` tensor of per-slot values to ``(n,)`` in pair order (0 where
         the pair is removed)."""
@@ -204,7 +170,7 @@ class ContrastiveObjective:
     # ------------------------------------------------------------------ loss and derivatives
     def loss(self, theta: torch.Tensor) -> torch.Tensor:
         """``L(theta)`` (or ``L_{-R}``): scalar, ``(1/n) sum Pos_k + (lam/2)||theta-theta0||^2``."""
-        data_term = self._pos(self.similarity(theta)).sum() / self.n
+        data_term = terms.pos(self.similarity(theta), self.masks).sum() / self.n
         if self.lam == 0.0:
             return data_term
         return data_term + 0.5 * self.lam * ((theta - self.param.theta0) ** 2).sum()
@@ -222,11 +188,10 @@ class ContrastiveObjective:
     def hvp(self, theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Hessian-vector product ``H(theta) v``, shape ``(P,)``, exact (not Gauss-Newton).
 
-        Structured: the batch similarities ``S = s U W^T`` carry all the cost, and the loss is
-        a function of ``S`` whose curvature is known in closed form. With ``G = dL/dS`` (per
-        batch ``(P + Q - 2 I) / n`` on kept entries), ``Sdot = J v`` the derivative of ``S``
-        along ``v`` and ``Gdot = (1/n)[P o (Sdot - r) + Q o (Sdot - c)]`` (``r``, ``c`` as in
-        :meth:`directional_terms`),
+        Structured (docs/math.md §8): the batch similarities ``S = s U W^T`` carry all the cost,
+        and the loss is a function of ``S`` whose curvature is known in closed form. With
+        ``Sdot = J v`` the derivative of ``S`` along ``v`` and ``G = dL/dS``, ``Gdot`` its
+        derivative along ``Sdot`` (:func:`ecif.core.terms.hvp_cotangents`),
 
             ``H v = J^T Gdot + grad_theta <J(theta) v, G>|_(G fixed) + lam v``,
 
@@ -273,13 +238,7 @@ class ContrastiveObjective:
         wt = wb.transpose(1, 2)
         s = (sc * ub) @ wt
         s_dot = td * s + sc * (ub_dot @ wt + ub @ wb_dot.transpose(1, 2))
-        p, q = self._softmaxes(s, sl)
-        r = (p * s_dot).sum(dim=2, keepdim=True)
-        c = (q * s_dot).sum(dim=1, keepdim=True)
-        g = p + q
-        g.diagonal(dim1=1, dim2=2).sub_(2.0 * self.keep[sl].to(DTYPE))
-        g /= self.n
-        g_dot = (p * (s_dot - r) + q * (s_dot - c)) / self.n
+        g, g_dot = terms.hvp_cotangents(s, s_dot, self.masks.select(sl), self.n)
         t_bar = (s * g_dot).sum() + (s_dot * g).sum()
         a = sc * (g_dot + td * g)
         g = sc * g
@@ -319,26 +278,15 @@ class ContrastiveObjective:
     def pair_terms(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-pair terms ``Pos_k``, ``Neg_k``, ``NegExact_k``, each of shape ``(n,)`` (0 for
         removed pairs). No ``1/n`` factor."""
-        s = self.similarity(theta)
-        p, q = self._softmaxes(s)
-        off = self._offdiag
-        neg = (p * off).sum(dim=1) + (q * off).sum(dim=2)
-        negexact = -(torch.log1p(-p * off) * off).sum(dim=1) - (torch.log1p(-q * off) * off).sum(dim=2)
-        return {
-            "pos": self._scatter(self._pos(s)),
-            "neg": self._scatter(neg),
-            "negexact": self._scatter(negexact),
-        }
+        per_slot = terms.slot_terms(self.similarity(theta), self.masks)
+        return {name: self._scatter(per_slot[name]) for name in TERMS}
 
     def directional_terms(self, theta: torch.Tensor, direction: torch.Tensor) -> dict[str, torch.Tensor]:
         """Directional derivatives ``grad T_k(theta)^T h`` for every pair and every term.
 
-        Uses spec §3: with ``Sdot`` the derivative of the batch similarities along ``h``,
-        ``r_a = sum_b P_ab Sdot_ab``, ``c_b = sum_a Q_ab Sdot_ab``:
-        ``grad Pos_k^T h = -2 Sdot_kk + r_k + c_k``,
-        ``grad Neg_k^T h = sum_{a!=k} P_ak (Sdot_ak - r_a) + sum_{b!=k} Q_kb (Sdot_kb - c_b)``,
-        and ``grad NegExact_k^T h`` the same sums with each summand divided by ``1 - P_ak``
-        (resp. ``1 - Q_kb``). One forward-mode pass; no per-pair backward pass.
+        One forward-mode pass gives ``Sdot``, the derivative of the batch similarities along
+        ``h``; the per-pair derivatives follow from ``S`` and ``Sdot`` in closed form
+        (docs/math.md §7, :func:`ecif.core.terms.directional_terms`). No per-pair backward pass.
 
         Returns a dict of ``(n,)`` tensors keyed by ``"pos"``, ``"neg"``, ``"negexact"``
         (no ``1/n`` factor; 0 for removed pairs).
@@ -347,17 +295,8 @@ class ContrastiveObjective:
         if direction.shape != (self.n_params,):
             raise ValueError(f"direction must have shape ({self.n_params},), got {tuple(direction.shape)}.")
         s, sdot = jvp(self.similarity, (theta,), (direction,))
-        p, q = self._softmaxes(s)
-        off = self._offdiag
-        r = (p * sdot).sum(dim=2)  # (M, b): r_a
-        c = (q * sdot).sum(dim=1)  # (M, b): c_b
-        pos = -2.0 * torch.diagonal(sdot, dim1=1, dim2=2) + r + c
-        pn = p * (sdot - r[:, :, None]) * off  # P_ak (Sdot_ak - r_a), a = row
-        qn = q * (sdot - c[:, None, :]) * off  # Q_kb (Sdot_kb - c_b), b = column
-        neg = pn.sum(dim=1) + qn.sum(dim=2)
-        negexact = (pn / (1.0 - p * off)).sum(dim=1) + (qn / (1.0 - q * off)).sum(dim=2)
-        pos = torch.where(self.keep, pos, torch.zeros_like(pos))
-        return {"pos": self._scatter(pos), "neg": self._scatter(neg), "negexact": self._scatter(negexact)}
+        per_slot = terms.directional_terms(s, sdot, self.masks)
+        return {name: self._scatter(per_slot[name]) for name in TERMS}
 
     def pair_gradients(self, theta: torch.Tensor, terms=("pos", "neg"), indices=None,
                        chunk_size: int | None = 64) -> torch.Tensor:

@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from ecif.core.heads import DTYPE
+from ecif.core.terms import DTYPE
 
 __all__ = ["SolverError", "DenseSolver", "CGSolver", "make_solver"]
 

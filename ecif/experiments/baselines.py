@@ -26,8 +26,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ecif.core.heads import DTYPE
-from ecif.core.objective import VARIANT_TERMS
+from ecif.core.terms import DTYPE, VARIANT_TERMS
 
 __all__ = ["cosine_scores", "harmfulness", "pair_loss_scores", "random_scores", "tracin_scores"]
 

@@ -24,7 +24,7 @@ from ecif.experiments.baselines import (
     random_scores,
     tracin_scores,
 )
-from ecif.core.influence import VARIANTS
+from ecif.core.terms import VARIANTS
 from ecif.experiments.metrics import detection_metrics
 
 __all__ = ["DEFAULT_METHODS", "detection_scores", "detection_table", "self_influence_scores"]

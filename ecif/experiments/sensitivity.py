@@ -27,11 +27,12 @@ import torch
 from ecif.core.batching import BatchingProtocol
 from ecif.core.evaluate import validation_gradient
 from ecif.core.fit import fit
-from ecif.core.influence import ECIF, VARIANTS
+from ecif.core.influence import ECIF
 from ecif.experiments.metrics import auroc, loo_agreement, precision_at_k
 from ecif.core.objective import ContrastiveObjective
 from ecif.experiments.retraining import loo_val_changes
 from ecif.core.solvers import DenseSolver
+from ecif.core.terms import VARIANTS
 
 __all__ = ["batch_size_sweep", "damping_sweep", "lam_sweep", "score_rows"]
 

@@ -31,9 +31,7 @@ from ecif.core.batching import BatchingProtocol
 from ecif.data.features import load_features
 from ecif.core.heads import LoRAHeads
 from ecif.core.objective import ContrastiveObjective
-
-DTYPE = torch.float64
-VARIANTS = ("positive", "negative", "ecif", "newton")
+from ecif.core.terms import DTYPE, VARIANTS
 
 
 def as_tensor(a) -> torch.Tensor:
@@ -194,7 +192,7 @@ def save_fit(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "theta_hat.npy", theta_hat.detach().cpu().numpy())
-    problem.batching.save(out / "batching.npy")
+    np.save(out / "batching.npy", problem.batching.batch_ids, allow_pickle=False)
     if hessian is not None:
         np.save(out / "hessian.npy", torch.as_tensor(hessian).detach().cpu().numpy())
     write_json(out / "fit.json", {"config": problem.config, "report": report})
@@ -221,7 +219,7 @@ def load_fit(fit_dir: str | Path) -> Fitted:
         batch_size=cfg["batch_size"],
         seed=cfg["seed"],
         n_train=cfg["n_train"],
-        batching=BatchingProtocol.load(fit_dir / "batching.npy"),
+        batching=BatchingProtocol(np.load(fit_dir / "batching.npy", allow_pickle=False)),
     )
     theta = as_tensor(np.load(fit_dir / "theta_hat.npy"))
     h_path = fit_dir / "hessian.npy"
