@@ -1,4 +1,4 @@
-"""Deterministic full-batch float64 fits to a tight optimum, and leave-out retraining.
+"""Deterministic full-batch float64 fits to a tight optimum.
 
 Influence estimates are only comparable with retraining when ``theta_hat`` and every
 ``theta_hat_{-R}`` are true optima (docs/math.md §11), so the fit is a damped Newton method on the whole
@@ -26,7 +26,7 @@ import torch
 from ecif.core.solvers import CGSolver
 from ecif.core.terms import DTYPE
 
-__all__ = ["FitResult", "ConvergenceWarning", "fit", "retrain_without"]
+__all__ = ["FitResult", "ConvergenceWarning", "fit"]
 
 
 class ConvergenceWarning(RuntimeWarning):
@@ -193,16 +193,3 @@ def fit(objective, theta_init: torch.Tensor | None = None, gtol: float = 1e-9, m
             stacklevel=2,
         )
     return result
-
-
-def retrain_without(objective, theta_hat: torch.Tensor, remove, gtol: float = 1e-9, max_iter: int = 100,
-                    method: str = "auto", preconditioner=None) -> FitResult:
-    """Leave-out ground truth ``theta_hat_{-R} = argmin L_{-R}``, warm-started from ``theta_hat``.
-
-    ``remove`` is an index array or boolean mask over the training pairs; ``L_{-R}`` keeps the
-    factor ``1/n`` and the regulariser (docs/math.md §3). Pass the influence solver at ``theta_hat``
-    as ``preconditioner`` (e.g. ``ECIF.solver`` built without damping) to skip Hessian
-    evaluations; the result is the same optimum to ``gtol``.
-    """
-    return fit(objective.without(remove), theta_init=theta_hat, gtol=gtol, max_iter=max_iter, method=method,
-               preconditioner=preconditioner)

@@ -124,7 +124,7 @@ class ECIF:
         """``RIS(k, z) = grad l_z^T Delta theta(k) / ||Delta theta(k)||`` for ``k`` in ``indices``.
 
         ``item_gradient`` is ``grad l_z(theta_hat)`` ``(P,)`` of a test item's loss (e.g. the
-        zero-shot loss of a mispredicted image, :func:`ecif.core.evaluate.zero_shot_item_gradients`)
+        zero-shot loss of a mispredicted image)
         or a ``(P, m)`` matrix for ``m`` items, giving ``(len, m)``. Negative RIS: removing
         ``k`` lowers ``l_z`` (k pushes the model towards the error), per unit of parameter change.
         """

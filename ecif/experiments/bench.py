@@ -24,7 +24,7 @@ on both projections, float64), it measures in the same process run:
   subprocess so the peaks do not mix).
 
 Tolerances: the fit and the retraining go to ``gtol = 1e-9`` by default, the standard of every
-leave-out ground truth in the kit (``retrain_without``'s default, the LOO tests, the pipeline);
+leave-out ground truth in the kit (the default of ``retraining.retrain``, the LOO tests, the pipeline);
 the retraining starts from ``retrain_grad0``. ``--gtol 1e-6`` measures the cheaper, looser
 retraining (fewer Newton steps; the CG solve of the influence is unchanged at ``rtol = 1e-6``).
 
@@ -51,11 +51,12 @@ def run_one(n: int, batch: int | None, dim: int = 512, width: int = 256, rank: i
     """Measure one configuration; returns a dict of timings (seconds), ratio and peak memory."""
     from ecif.core.batching import BatchingProtocol
     from ecif.core.evaluate import validation_gradient
-    from ecif.core.fit import fit, retrain_without
+    from ecif.core.fit import fit
     from ecif.core.heads import LoRAHeads
     from ecif.core.influence import ECIF
     from ecif.core.objective import ContrastiveObjective
     from ecif.data.synthetic import synthetic_pairs
+    from ecif.experiments.retraining import retrain
 
     torch.set_num_threads(threads)
     d = synthetic_pairs(n, n_val=1000, d_img=dim, d_txt=dim, width=width, n_classes=20, latent=32,
@@ -85,7 +86,7 @@ def run_one(n: int, batch: int | None, dim: int = 512, width: int = 256, rank: i
     k = int(np.flatnonzero(d.misaligned)[0])
     retrain_grad0 = float(obj.without([k]).gradient(res.theta).norm())
     t0 = time.perf_counter()
-    refit = retrain_without(obj, res.theta, [k], gtol=gtol, method="newton-cg")
+    refit = retrain(obj, res.theta, [k], gtol=gtol, max_iter=100, method="newton-cg")
     retrain_s = time.perf_counter() - t0
 
     return {

@@ -36,7 +36,7 @@ def edit_vs_retrain(engine, sets: dict, val_objective, evaluation, variants=("ec
     """Compare edited models with the retrained model for each removal set in ``sets`` (name ->
     indices); each set is retrained once and compared with the edit of every variant in
     ``variants`` (``"ecif"``: first-order negative role, ``"newton"``: exact removal terms; the
-    group shift is additive, spec §3).
+    group shift is additive, docs/math.md §10).
 
     One row per (set, variant): ``set``, ``variant``, ``size``, ``acc_base``, ``acc_edited``,
     ``acc_retrained`` (``evaluation``: a :class:`~ecif.experiments.zeroshot.ZeroShotSet`),

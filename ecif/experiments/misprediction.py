@@ -3,7 +3,7 @@
 For a test item ``z`` with zero-shot loss ``l_z`` and each training pair ``k``:
 
 * ``IS_z(k) = grad l_z^T Delta theta(k)`` (one solve, all pairs at once),
-* ``RIS(k, z) = IS_z(k) / ||Delta theta(k)||`` (spec §3, relative influence; per-pair solves,
+* ``RIS(k, z) = IS_z(k) / ||Delta theta(k)||`` (docs/math.md §9, relative influence; per-pair solves,
   computed in chunks).
 
 Negative values mean removing ``k`` lowers ``l_z``: ``k`` is a culprit. The functions here

@@ -43,7 +43,8 @@ def _min_eig(solver) -> float:
 
 def score_rows(engine, val_gradient, loo=None, mask=None, variants=VARIANTS, scores_out=None) -> list[dict]:
     """One dict per variant: ``variant``, ``pearson``/``spearman`` against ``loo`` (a
-    DataFrame from :func:`~ecif.experiments.retraining.loo_val_changes`), ``auroc``/``precision_at_k`` of
+    leave-one-out table with ``pair`` and ``actual``, e.g. from
+    :func:`~ecif.experiments.retraining.loo_val_changes`), ``auroc``/``precision_at_k`` of
     ``-IS`` against ``mask``; missing inputs give ``nan``. With a dict ``scores_out``, the
     ``(n,)`` score arrays are also stored there by variant."""
     IS = engine.influence_scores(val_gradient, variants=variants)
@@ -54,7 +55,7 @@ def score_rows(engine, val_gradient, loo=None, mask=None, variants=VARIANTS, sco
         s = IS[v].numpy()
         row = {"variant": v, "pearson": np.nan, "spearman": np.nan, "auroc": np.nan, "precision_at_k": np.nan}
         if loo is not None:
-            a = loo_agreement(s[loo["index"].to_numpy()], loo["actual"].to_numpy())
+            a = loo_agreement(s[loo["pair"].to_numpy()], loo["actual"].to_numpy())
             row.update(pearson=a["pearson"], spearman=a["spearman"])
         if mask is not None:
             m = np.asarray(mask, dtype=bool)

@@ -117,7 +117,7 @@ def detection_curves(
     precision, recall, n_injected: int | None = None, highlight=("ecif",)
 ):
     """Precision@k and recall@k against k for every method (wide DataFrames from
-    :func:`ecif.kit.pipeline.detection_curves`); a dashed line at k = number injected."""
+    :func:`ecif.experiments.detection.detection_curves`); a dashed line at k = number injected."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))

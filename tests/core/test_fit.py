@@ -3,7 +3,7 @@ import torch
 
 from core_problems import fitted_loo_problem, tiny_objective
 
-from ecif.core.fit import ConvergenceWarning, fit, retrain_without
+from ecif.core.fit import ConvergenceWarning, fit
 
 
 @pytest.mark.parametrize("method", ["newton", "newton-cg"])
@@ -34,8 +34,9 @@ def test_unconverged_fit_warns_and_flags():
 
 def test_preconditioned_refit_equals_plain_refit():
     _, obj, _, res, eng = fitted_loo_problem("linear")
-    a = retrain_without(obj, res.theta, [3, 50], preconditioner=eng.solver)
-    b = retrain_without(obj, res.theta, [3, 50])
+    # a warm-started leave-out refit: with the Hessian at theta_hat as preconditioner, and without
+    a = fit(obj.without([3, 50]), theta_init=res.theta, preconditioner=eng.solver)
+    b = fit(obj.without([3, 50]), theta_init=res.theta)
     assert a.converged and b.converged
     assert torch.allclose(a.theta, b.theta, atol=1e-8)
     assert float(obj.without([3, 50]).gradient(a.theta).norm()) <= 1e-9

@@ -7,7 +7,7 @@ import torch
 from core_problems import fitted_loo_problem, pearson, random_theta, spearman, tiny_objective
 
 from ecif.core.evaluate import validation_gradient, validation_loss
-from ecif.core.fit import fit, retrain_without
+from ecif.core.fit import fit
 from ecif.core.influence import ECIF, VARIANTS
 
 
@@ -28,7 +28,7 @@ def test_influence_scores_agree_with_leave_one_out(fitted):
     idx = np.r_[np.flatnonzero(d.misaligned)[:15], np.flatnonzero(~d.misaligned)[:30]]
     actual = []
     for k in idx:
-        refit = retrain_without(obj, res.theta, [k], preconditioner=eng.solver)
+        refit = fit(obj.without([k]), theta_init=res.theta, preconditioner=eng.solver)
         assert refit.converged and refit.grad_norm <= 1e-9, refit.summary()
         actual.append(validation_loss(val, refit.theta) - base)
     actual = np.array(actual)
@@ -54,7 +54,7 @@ def test_group_removal_agrees_with_group_retraining(fitted):
     actual = []
     for _ in range(10):
         group = rng.choice(obj.n, size=int(rng.integers(15, 31)), replace=False)  # 5-10 % of pairs
-        refit = retrain_without(obj, res.theta, group, preconditioner=eng.solver)
+        refit = fit(obj.without(group), theta_init=res.theta, preconditioner=eng.solver)
         assert refit.converged, refit.summary()
         actual.append(validation_loss(val, refit.theta) - base)
         for v in pred:

@@ -4,17 +4,6 @@ import numpy as np
 import pytest
 
 from ecif.experiments.misprediction import counterfactual_traceback, culprit_scores, trace_gallery
-from ecif.experiments.zeroshot import ZeroShotSet
-
-
-def test_zero_shot_set(tp, test_set):
-    wrong = test_set.mispredicted(tp.param, tp.theta)
-    m = test_set.margins(tp.param, tp.theta)
-    assert len(wrong) > 0 and (m[wrong] < 0).all() and (np.diff(m[wrong]) >= 0).all()
-    assert (test_set.predictions(tp.param, tp.theta)[wrong] != test_set.labels[wrong]).all()
-    assert test_set.accuracy(tp.param, tp.theta) == pytest.approx(1 - len(wrong) / len(test_set))
-    with pytest.raises(ValueError, match="labels"):
-        ZeroShotSet(test_set.x, test_set.class_text, test_set.labels[:-1])
 
 
 def test_culprit_scores_match_engine(tp, test_set):

@@ -1,19 +1,29 @@
-"""Leave-out retraining ground truth, cleaning and the edited model against retraining."""
+"""Leave-out retraining ground truth: single pairs and sets, warm and cold starts, the
+leave-one-out table and the leave-one-out experiment of the ``loo`` stage."""
 
 import numpy as np
 import pytest
+import torch
 
-from ecif.experiments.cleaning import cleaning_table, top_fraction
-from ecif.experiments.editing import edit_vs_retrain, removal_sets
+from ecif.core.fit import fit
 from ecif.experiments.metrics import loo_agreement
-from ecif.experiments.retraining import loo_val_changes, retrain
+from ecif.experiments.retraining import (
+    LOO_COLUMNS,
+    loo_experiment,
+    loo_metrics,
+    loo_val_changes,
+    retrain,
+    sample_loo_pairs,
+)
 
 
 def test_loo_agrees_with_ecif(tp):
     mask = tp.data.misaligned
     idx = np.r_[np.flatnonzero(mask)[:4], np.flatnonzero(~mask)[:6]]
     loo = loo_val_changes(tp.obj, tp.theta, tp.val_obj, idx, preconditioner=tp.engine.solver)
-    assert list(loo["index"]) == list(idx) and loo.converged.all() and (loo.grad_norm <= 1e-9).all()
+    assert tuple(loo.columns) == LOO_COLUMNS
+    assert list(loo["pair"]) == list(idx) and loo.converged.all() and (loo.grad_norm <= 1e-9).all()
+    assert (loo.iterations >= 1).all() and (loo.seconds > 0).all()
     IS = tp.engine.influence_scores(tp.val_grad, variants=("ecif",))["ecif"].numpy()
     agree = loo_agreement(IS[idx], loo.actual)
     assert agree["pearson"] > 0.95 and agree["spearman"] > 0.9
@@ -33,49 +43,55 @@ def test_retrain_init_and_errors(tp):
         loo_val_changes(tp.obj, tp.theta, tp.val_obj, [])
 
 
-def test_top_fraction():
-    s = np.array([0.1, 0.5, 0.5, 0.9, 0.0, 0.5, 0.2, 0.3, 0.4, 0.6])
-    np.testing.assert_array_equal(top_fraction(s, 0.3), [3, 9, 1])  # tie 1/2/5 -> lowest index
-    np.testing.assert_array_equal(top_fraction(s, 0.5), [3, 9, 1, 2, 5])
-    with pytest.raises(ValueError, match="fraction"):
-        top_fraction(s, 1.5)
-    with pytest.raises(ValueError, match="removes nothing"):
-        top_fraction(s, 0.01)
+def test_retrain_is_the_warm_started_fit_of_the_reduced_objective(tp):
+    """``retrain`` is exactly ``fit(L_{-R})`` from ``theta_hat``: preconditioned or not, with the
+    fallback ``method`` and ``max_iter`` passed through, and a boolean mask equals its indices."""
+    rm = [3, 50]
+    mask = np.zeros(tp.obj.n, dtype=bool)
+    mask[rm] = True
+    a = retrain(tp.obj, tp.theta, rm, preconditioner=tp.engine.solver)
+    b = fit(tp.obj.without(rm), theta_init=tp.theta, max_iter=200, method="auto", preconditioner=tp.engine.solver)
+    assert torch.equal(a.theta, b.theta) and a.method == "newton-cg"  # auto + preconditioner
+    c = retrain(tp.obj, tp.theta, mask, max_iter=100, method="newton-cg")
+    d = fit(tp.obj.without(rm), theta_init=tp.theta, max_iter=100, method="newton-cg")
+    assert torch.equal(c.theta, d.theta) and c.method == "newton-cg"
+    assert a.converged and c.converged and float((a.theta - c.theta).norm()) < 1e-8  # same optimum
+    assert float(tp.obj.without(rm).gradient(a.theta).norm()) <= 1e-9
 
 
-def test_cleaning_table(tp, test_set):
-    mask = tp.data.misaligned
-    harm = -tp.engine.influence_scores(tp.val_grad, variants=("ecif",))["ecif"].numpy()
-    t = cleaning_table(tp.obj, tp.theta, {"ecif": harm}, test_set, fraction=0.1, mask=mask, random_seeds=(0,),
-                       preconditioner=tp.engine.solver)
-    assert list(t.method) == ["none", "ecif", "random"]
-    assert list(t.n_removed) == [0, 20, 20] and t.converged.all()
-    assert t.accuracy.iloc[0] == pytest.approx(test_set.accuracy(tp.param, tp.theta))
-    ecif_row, rand_row = t.iloc[1], t.iloc[2]
-    assert ecif_row.n_misaligned_removed == mask[top_fraction(harm, 0.1)].sum() > rand_row.n_misaligned_removed
-    with pytest.raises(ValueError, match="mask"):
-        cleaning_table(tp.obj, tp.theta, {}, test_set, mask=mask[:-1])
+def test_sample_loo_pairs():
+    mask = np.zeros(50, dtype=bool)
+    mask[[2, 7, 11]] = True
+    idx = sample_loo_pairs(mask, 10, 2, seed=0)
+    assert len(idx) == 10 and mask[idx].sum() == 2 and (np.diff(idx) > 0).all()
+    np.testing.assert_array_equal(idx, sample_loo_pairs(mask, 10, 2, seed=0))  # seeded
+    # counts are capped by what the split holds
+    capped = sample_loo_pairs(mask, 60, 5, seed=1)
+    assert len(capped) == 50 and mask[capped].sum() == 3
 
 
-def test_edit_vs_retrain(tp, test_set):
-    harm = -tp.engine.influence_scores(tp.val_grad, variants=("ecif",))["ecif"].numpy()
-    sets = removal_sets(harm, 15, seed=0)
-    assert not set(sets["harmful"]) & set(sets["valuable"])
-    assert len(set(sets["random"])) == 15
-    both = edit_vs_retrain(tp.engine, sets, tp.val_obj, test_set, variants=("ecif", "newton"),
-                           preconditioner=tp.engine.solver)
-    assert len(both) == 6 and set(both.variant) == {"ecif", "newton"}
-    t = both[both.variant == "ecif"].set_index("set")
-    nt = both[both.variant == "newton"].set_index("set")
-    assert t.retrain_converged.all()
-    # one retraining per set, shared by the variants
-    np.testing.assert_array_equal(t.actual_val_change, nt.actual_val_change)
-    # the edit moves towards the retrained parameters: closer to them than theta_hat is
-    # (not editing has shift_rel_error exactly 1); here it is 0.3-0.6 for 15 of 200 pairs
-    assert (t.shift_rel_error < 0.8).all() and (nt.shift_rel_error < 0.8).all()
-    # direction of the validation-loss change is predicted, and its size roughly
-    assert t.loc["harmful", "predicted_val_change"] < 0 < t.loc["valuable", "predicted_val_change"]
-    assert t.loc["harmful", "actual_val_change"] < 0 < t.loc["valuable", "actual_val_change"]
-    np.testing.assert_allclose(t.edited_val_change, t.actual_val_change, rtol=0.5, atol=0.02)
-    with pytest.raises(ValueError, match="size"):
-        removal_sets(harm, 0)
+def test_loo_experiment(tp):
+    mask = np.asarray(tp.data.misaligned, dtype=bool)
+    pairs = sample_loo_pairs(mask, 8, 3, seed=0)
+    table, info = loo_experiment(tp.obj, tp.val_obj, tp.theta, pairs, mask=mask)
+    assert list(table.columns) == ["pair", "misaligned", *LOO_COLUMNS[1:], "positive", "negative", "ecif", "newton"]
+    np.testing.assert_array_equal(table["pair"], pairs)
+    np.testing.assert_array_equal(table["misaligned"], mask[pairs])
+    assert table.converged.all() and (table.grad_norm <= 1e-9).all()
+    # the predictions are the engine's influence scores, the truth is the LOO table's
+    IS = tp.engine.influence_scores(tp.val_grad)
+    for v in ("positive", "negative", "ecif", "newton"):
+        np.testing.assert_allclose(table[v], IS[v].numpy()[pairs], rtol=1e-9, atol=1e-15)
+        np.testing.assert_allclose(info["scores"][v], IS[v].numpy(), rtol=1e-9, atol=1e-15)
+    gt = loo_val_changes(tp.obj, tp.theta, tp.val_obj, pairs, preconditioner=tp.engine.solver)
+    np.testing.assert_allclose(table["actual"], gt["actual"], rtol=1e-6, atol=1e-12)
+    assert info["ecif_all_pairs_s"] > 0 and info["retrain_one_s"] > 0
+    assert info["retrain_total_s"] == pytest.approx(table["seconds"].sum())
+    assert info["solver"]["solver"] == "dense" and info["solver"]["damping"] == 0.0
+    stats = loo_metrics(table)
+    assert set(stats) == {"positive", "negative", "ecif", "newton"}
+    assert stats["ecif"]["pearson"] > 0.9
+    assert stats["ecif"]["spearman"] == pytest.approx(loo_agreement(table["ecif"], table["actual"])["spearman"])
+    # without a mask nothing is marked misaligned
+    t2, _ = loo_experiment(tp.obj, tp.val_obj, tp.theta, pairs[:3])
+    assert not t2["misaligned"].any()

@@ -1,0 +1,260 @@
+"""The run's problem and its artifacts: what the notebooks under ``notebooks/`` fit and reload.
+
+- :func:`build_problem` turns saved features into the training objective ``L`` (LoRA adapters on
+  the frozen projections, a fixed batching protocol, L2 pull ``lam``), the validation objective
+  ``L_val`` and the zero-shot test set, exactly as the fine-tuning stage defined them;
+- :func:`save_fit` / :func:`load_fit` store and restore ``theta_hat``, the batching protocol,
+  the configuration and the Hessian at ``theta_hat`` (``artifacts/finetune/``), so later stages
+  rebuild the same problem without refitting; :meth:`Fitted.engine` is the influence engine of
+  a fit (the saved Hessian, factorised once);
+- :class:`FitSettings` gathers the fine-tuning parameters (``params.yaml`` group ``finetune``),
+  and :func:`fit_corrupted` runs one cell of a sweep: corrupt, encode, fit.
+
+File helpers are in :mod:`ecif.kit.files`, figures in :mod:`ecif.kit.plotting`; the experiments
+themselves (leave-one-out, detection, cleaning, ...) in :mod:`ecif.experiments`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ecif.core.batching import BatchingProtocol
+from ecif.core.heads import LoRAHeads
+from ecif.core.terms import DTYPE
+from ecif.core.influence import ECIF
+from ecif.core.objective import ContrastiveObjective
+from ecif.core.solvers import DenseSolver
+from ecif.data.features import load_features
+from ecif.experiments.zeroshot import ZeroShotSet
+from ecif.kit.files import read_json, write_json
+
+__all__ = ["FitSettings", "Fitted", "Problem", "as_tensor", "build_problem", "fit_corrupted", "load_fit",
+           "save_fit"]
+
+
+def as_tensor(a) -> torch.Tensor:
+    """float64 torch tensor of an array-like."""
+    return torch.as_tensor(np.asarray(a), dtype=DTYPE)
+
+
+@dataclass
+class Problem:
+    """The fine-tuning problem of one pipeline run.
+
+    ``objective`` is ``L`` on the (corrupted) train pairs, ``val`` is ``L_val`` (``lam = 0``) on
+    the clean validation pairs, ``mask`` (n,) the ground-truth misaligned train pairs.
+    ``test_set`` is the zero-shot evaluation set of the test split (``None`` when the data set
+    has no labels or class prompts).
+    """
+
+    param: LoRAHeads
+    objective: ContrastiveObjective
+    val: ContrastiveObjective
+    batching: BatchingProtocol
+    mask: np.ndarray
+    test_set: ZeroShotSet | None
+    config: dict = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return self.objective.n
+
+
+def build_problem(
+    features_dir: str | Path,
+    *,
+    rank: int,
+    lam: float,
+    batch_size: int | None,
+    seed: int,
+    n_train: int | None = None,
+    batching: BatchingProtocol | None = None,
+) -> Problem:
+    """Objective ``L`` (LoRA rank ``rank`` on the saved projections) and ``L_val`` from features.
+
+    ``n_train`` keeps only the first ``n_train`` train pairs (tiny smoke runs). The training
+    batching protocol is drawn from ``seed`` (unless given), the validation one from ``seed + 1``.
+    """
+    feats = load_features(features_dir)
+    x, y = feats["x_train"], feats["y_train"]
+    mask = np.asarray(feats.get("noise_mask", np.zeros(len(x), dtype=bool)), dtype=bool)
+    if n_train is not None:
+        x, y, mask = x[:n_train], y[:n_train], mask[:n_train]
+    n = len(x)
+    param = LoRAHeads(
+        as_tensor(feats["W_img"]),
+        as_tensor(feats["W_txt"]),
+        float(feats["log_logit_scale"]),
+        rank=rank,
+        seed=seed,
+    )
+    bp = batching if batching is not None else BatchingProtocol.from_seed(n, batch_size, seed)
+    objective = ContrastiveObjective(param, as_tensor(x), as_tensor(y), bp, lam=lam)
+    n_val = len(feats["x_val"])
+    val_bp = BatchingProtocol.from_seed(n_val, batch_size, seed + 1)
+    val = ContrastiveObjective(
+        param, as_tensor(feats["x_val"]), as_tensor(feats["y_val"]), val_bp, lam=0.0
+    )
+    test_set = None
+    if "labels_test" in feats and "class_text" in feats:
+        test_set = ZeroShotSet(as_tensor(feats["x_test"]), as_tensor(feats["class_text"]), feats["labels_test"])
+    config = {
+        "features_dir": str(features_dir),
+        "rank": rank,
+        "lam": lam,
+        "batch_size": batch_size,
+        "seed": seed,
+        "n_train": n_train,
+    }
+    return Problem(param=param, objective=objective, val=val, batching=bp, mask=mask, test_set=test_set,
+                   config=config)
+
+
+def save_fit(
+    out_dir: str | Path,
+    problem: Problem,
+    theta_hat: torch.Tensor,
+    report: dict,
+    hessian=None,
+) -> Path:
+    """Write ``theta_hat.npy``, ``batching.npy``, ``fit.json`` (config + report) and, if given,
+    ``hessian.npy`` (the Hessian of ``L`` at ``theta_hat``) into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "theta_hat.npy", theta_hat.detach().cpu().numpy())
+    np.save(out / "batching.npy", problem.batching.batch_ids, allow_pickle=False)
+    if hessian is not None:
+        np.save(out / "hessian.npy", torch.as_tensor(hessian).detach().cpu().numpy())
+    write_json(out / "fit.json", {"config": problem.config, "report": report})
+    return out
+
+
+@dataclass
+class Fitted:
+    """A fitted problem: ``theta_hat``, the fit's report and, when saved, the Hessian of ``L``
+    at ``theta_hat``."""
+
+    problem: Problem
+    theta_hat: torch.Tensor
+    report: dict
+    hessian: torch.Tensor | None
+
+    def engine(self, damping: float = 0.0) -> ECIF:
+        """The influence engine at ``theta_hat``: a dense solver on the saved Hessian (computed
+        here when none was saved), damping ``mu = damping``."""
+        solver = DenseSolver(self.hessian, damping) if self.hessian is not None else "dense"
+        return ECIF(self.problem.objective, self.theta_hat, solver=solver, damping=damping)
+
+
+def load_fit(fit_dir: str | Path) -> Fitted:
+    """Rebuild the problem of a saved fit (same features, batching, rank, lam, seed)."""
+    fit_dir = Path(fit_dir)
+    saved = read_json(fit_dir / "fit.json")
+    cfg = saved["config"]
+    problem = build_problem(
+        cfg["features_dir"],
+        rank=cfg["rank"],
+        lam=cfg["lam"],
+        batch_size=cfg["batch_size"],
+        seed=cfg["seed"],
+        n_train=cfg["n_train"],
+        batching=BatchingProtocol(np.load(fit_dir / "batching.npy", allow_pickle=False)),
+    )
+    theta = as_tensor(np.load(fit_dir / "theta_hat.npy"))
+    h_path = fit_dir / "hessian.npy"
+    hessian = as_tensor(np.load(h_path)) if h_path.is_file() else None
+    return Fitted(problem, theta, saved["report"], hessian)
+
+
+# ------------------------------------------------------------------- sweeps (issue 5)
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """How a problem is built from features and fitted (``params.yaml`` group ``finetune``).
+
+    ``rank``: LoRA rank; ``lam``: L2 pull towards ``theta0``; ``batch_size``: fixed batches of
+    the contrastive loss (``None``: one batch); ``seed``: LoRA init and batching protocol;
+    ``gtol``, ``max_iter``, ``method``: the fit (:func:`ecif.core.fit.fit`); ``n_train``: keep
+    only the first ``n_train`` train pairs (``None``: all).
+    """
+
+    rank: int = 1
+    lam: float = 0.1
+    batch_size: int | None = 64
+    seed: int = 0
+    gtol: float = 1e-9
+    max_iter: int = 100
+    method: str = "newton-cg"
+    n_train: int | None = None
+
+    def problem_kwargs(self) -> dict:
+        """The keyword arguments of :func:`build_problem`."""
+        d = asdict(self)
+        return {k: d[k] for k in ("rank", "lam", "batch_size", "seed", "n_train")}
+
+
+def _zero_shot(problem: Problem, theta: torch.Tensor) -> float:
+    return float("nan") if problem.test_set is None else problem.test_set.accuracy(problem.param, theta)
+
+
+def fit_corrupted(
+    dataset: str,
+    data_root: str | Path,
+    encoder_dir: str | Path,
+    features_dir: str | Path,
+    *,
+    kind: str,
+    rate: float,
+    noise_seed: int,
+    systematic: bool = False,
+    settings: FitSettings = FitSettings(),
+) -> tuple[Fitted, dict]:
+    """One cell of a sweep, stages 1 and 3 in one call: corrupt the train split (``kind``,
+    ``rate``, ``noise_seed``, ``systematic`` for ``attribute_swap``), encode every split with the
+    saved frozen encoder (features written to ``features_dir``), build the problem and fit it
+    with ``settings``.
+
+    Returns ``(fitted, info)``: the fit with its Hessian, and ``info`` with ``n_train``,
+    ``n_misaligned``, ``fit_grad_norm``, ``fit_converged``, ``min_eigenvalue``,
+    ``zero_shot_{base,fitted}`` (nan without a labelled test set) and the seconds spent in
+    ``features_s`` and ``fit_s``. Raises ``RuntimeError`` when the fit does not reach
+    ``settings.gtol``.
+    """
+    from ecif.core.fit import fit
+    from ecif.data.datasets import load_dataset
+    from ecif.data.encoders import load_default
+    from ecif.data.features import extract_features, save_features
+    from ecif.data.noise import inject
+
+    t0 = time.perf_counter()
+    ds = load_dataset(dataset, root=data_root)
+    corruption = inject(ds["train"], kind, rate, noise_seed, systematic=systematic)
+    model, tokenizer, _ = load_default(encoder_dir)
+    save_features(features_dir, extract_features(model, tokenizer, ds, corruption=corruption, progress=False))
+    features_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    problem = build_problem(features_dir, **settings.problem_kwargs())
+    res = fit(problem.objective, gtol=settings.gtol, max_iter=settings.max_iter, method=settings.method)
+    if not res.converged:
+        raise RuntimeError(f"the fit did not reach gtol={settings.gtol}: {res.summary()}")
+    hessian = problem.objective.hessian(res.theta)
+    fit_s = time.perf_counter() - t0
+    info = {
+        "n_train": problem.n,
+        "n_misaligned": int(problem.mask.sum()),
+        "fit_grad_norm": res.grad_norm,
+        "fit_converged": bool(res.converged),
+        "min_eigenvalue": float(torch.linalg.eigvalsh(hessian)[0]),
+        "zero_shot_base": _zero_shot(problem, problem.param.theta0),
+        "zero_shot_fitted": _zero_shot(problem, res.theta),
+        "features_s": features_s,
+        "fit_s": fit_s,
+    }
+    return Fitted(problem, res.theta, res.summary(), hessian), info
