@@ -20,15 +20,18 @@ from ecif.experiments.retraining import retrain
 __all__ = ["edit_vs_retrain", "removal_sets"]
 
 
-def removal_sets(harm_scores, size: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Three removal sets of ``size`` pairs: ``harmful`` (highest detection scores),
-    ``valuable`` (lowest) and ``random`` (uniform, from ``seed``)."""
+def removal_sets(harm_scores, size: int, seeds=(0,)) -> dict[str, np.ndarray]:
+    """Removal sets of ``size`` pairs each: ``harmful`` (the highest detection scores, i.e. the
+    most suspicious first), ``valuable`` (the lowest) and one uniform ``random_<seed>`` set per
+    seed in ``seeds``; index arrays, in that order."""
     s = np.asarray(harm_scores, dtype=np.float64).reshape(-1)
     if not 1 <= size <= s.size // 2:
         raise ValueError(f"size must lie in [1, n/2 = {s.size // 2}], got {size}.")
     order = np.argsort(-s, kind="stable")
-    return {"random": np.sort(np.random.default_rng(seed).choice(s.size, size, replace=False)),
-            "harmful": order[:size], "valuable": order[::-1][:size]}
+    sets = {"harmful": order[:size], "valuable": order[::-1][:size]}
+    sets.update({f"random_{seed}": np.sort(np.random.default_rng(seed).choice(s.size, size, replace=False))
+                 for seed in seeds})
+    return sets
 
 
 def edit_vs_retrain(engine, sets: dict, val_objective, evaluation, variants=("ecif",),

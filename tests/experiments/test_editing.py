@@ -8,12 +8,14 @@ from ecif.experiments.editing import edit_vs_retrain, removal_sets
 
 def test_edit_vs_retrain(tp, test_set):
     harm = -tp.engine.influence_scores(tp.val_grad, variants=("ecif",))["ecif"].numpy()
-    sets = removal_sets(harm, 15, seed=0)
+    sets = removal_sets(harm, 15, seeds=(0, 1))
     assert not set(sets["harmful"]) & set(sets["valuable"])
-    assert len(set(sets["random"])) == 15
+    assert list(sets) == ["harmful", "valuable", "random_0", "random_1"]
+    assert len(set(sets["random_0"])) == 15 and set(sets["random_0"]) != set(sets["random_1"])
+    assert set(sets["harmful"]) == set(np.argsort(-harm, kind="stable")[:15])
     both = edit_vs_retrain(tp.engine, sets, tp.val_obj, test_set, variants=("ecif", "newton"),
                            preconditioner=tp.engine.solver)
-    assert len(both) == 6 and set(both.variant) == {"ecif", "newton"}
+    assert len(both) == 8 and set(both.variant) == {"ecif", "newton"}
     t = both[both.variant == "ecif"].set_index("set")
     nt = both[both.variant == "newton"].set_index("set")
     assert t.retrain_converged.all()
