@@ -36,7 +36,7 @@ from ecif.experiments import emi as E
 
 __all__ = [
     "Embedder", "SetView", "encode_set", "respond", "fit_reference_estimator", "evaluate", "shift_scenario", "scenario_grid",
-    "run_shift_grid", "bootstrap_correlation", "correlation_table", "removal_refits",
+    "run_shift_grid", "bootstrap_correlation", "correlation_table", "removal_sets", "removal_refits",
     "marginal_check", "relabelling_check",
 ]
 
@@ -279,10 +279,21 @@ def correlation_table(grid: pd.DataFrame, pairs=(("emid", "bound"), ("emid", "ac
 # ------------------------------------------------------------------- misalignment (exp. B)
 
 
+def removal_sets(harm: np.ndarray, mask: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    """The three removal sets of :func:`removal_refits` (sorted indices, ``k = mask.sum()`` each)."""
+    mask = np.asarray(mask, dtype=bool)
+    k = int(mask.sum())
+    order = np.argsort(-np.asarray(harm, dtype=float), kind="stable")
+    return {"ecif": np.sort(order[:k]),
+            "random": np.sort(np.random.default_rng([seed, 101]).choice(len(mask), k, replace=False)),
+            "oracle": np.flatnonzero(mask)}
+
+
 def removal_refits(objective, theta_hat: torch.Tensor, harm: np.ndarray, mask: np.ndarray, seed: int = 0,
                    gtol: float = 1e-9, preconditioner=None) -> dict[str, tuple[np.ndarray, torch.Tensor]]:
     """Refit without three sets of ``k = mask.sum()`` train pairs: ``ecif`` (the ``k`` highest
-    harm scores), ``random`` (uniform, ``seed``) and ``oracle`` (the misaligned pairs), warm-started
+    harm scores), ``random`` (uniform, drawn from ``[seed, 101]``, a stream apart from the one
+    ``ecif.data.noise.inject`` uses for ``seed``) and ``oracle`` (the misaligned pairs), warm-started
     (falling back to a fit from ``theta0`` when the warm start does not converge). Returns
     name -> (removed indices, refitted theta). Nothing to remove (``k = 0``): empty dict."""
     from ecif.experiments.retraining import retrain
@@ -291,12 +302,8 @@ def removal_refits(objective, theta_hat: torch.Tensor, harm: np.ndarray, mask: n
     k = int(mask.sum())
     if k == 0:
         return {}
-    order = np.argsort(-np.asarray(harm, dtype=float), kind="stable")
-    sets = {"ecif": np.sort(order[:k]),
-            "random": np.sort(np.random.default_rng(seed).choice(len(mask), k, replace=False)),
-            "oracle": np.flatnonzero(mask)}
     out = {}
-    for name, idx in sets.items():
+    for name, idx in removal_sets(harm, mask, seed).items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res = retrain(objective, theta_hat, idx, gtol=gtol, preconditioner=preconditioner)

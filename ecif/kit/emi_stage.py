@@ -188,12 +188,13 @@ def plot_misalignment(models: pd.DataFrame):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    twin = axes[0].twinx()
     for kind, part in models.groupby("kind", sort=False):
         part = part.sort_values("rate")
         ls = KIND_STYLES.get(kind, ":")
-        axes[0].plot(100 * part["rate"], part["emi"], ls, marker="o", color="black", label=f"{kind}")
-        axes[0].plot(100 * part["rate"], part["dmi_emi"], ls, marker="s", color="tab:red",
-                     label=f"{kind}: discrete EMI")
+        axes[0].plot(100 * part["rate"], part["emi"], ls, marker="o", color="black", label=f"CLUB EMI, {kind}")
+        twin.plot(100 * part["rate"], part["dmi_emi"], ls, marker="s", color="tab:red",
+                  label=f"discrete EMI, {kind}")
         bad = part[part["rate"] > 0]
         axes[1].plot(100 * bad["rate"], bad["precision_ecif"], ls, marker="o", color=SET_COLORS["ecif"],
                      label=f"ecif, {kind}")
@@ -206,15 +207,17 @@ def plot_misalignment(models: pd.DataFrame):
             if col in bad:
                 axes[2].plot(100 * bad["rate"], bad[col], ls, marker=".", color=SET_COLORS[name],
                              label=f"after removing {name}-k, {kind}")
-    axes[0].set_ylabel("EMI on the clean test split (nats)")
-    axes[0].set_title("EMI of the fine-tuned model (black: CLUB, red: discrete)", fontsize=9)
+    axes[0].set_ylabel("CLUB EMI on the clean test split (nats)")
+    twin.set_ylabel("discrete EMI (attribute tuple vs caption, nats)", color="tab:red")
+    twin.legend(fontsize=7, loc="lower right")
+    axes[0].set_title("EMI of the fine-tuned model (black: CLUB, shared q; red: discrete)", fontsize=9)
     axes[1].set_ylabel("precision@k (k = number injected)")
     axes[1].set_title("detection of the misaligned train pairs", fontsize=9)
     axes[2].set_ylabel("EMI on the clean test split (nats)")
     axes[2].set_title("does EMI recover after removal and refit?", fontsize=9)
-    for ax in axes:
+    for ax, loc in zip(axes, ("lower left", "center right", "lower left")):
         ax.set_xlabel("misaligned train pairs (%)")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc=loc)
     fig.suptitle("Experiment B: misalignment in the fine-tuning pairs (solid: shuffle, dashed: systematic swap)")
     fig.tight_layout()
     return fig

@@ -108,3 +108,18 @@ def test_removal_refits_remove_the_right_sets() -> None:
     g = tp.obj.without(out["oracle"][0]).gradient(out["oracle"][1])
     assert float(g.norm()) < 1e-8
     assert S.removal_refits(tp.obj, tp.theta, harm, np.zeros_like(mask)) == {}
+
+
+def test_the_random_set_is_not_the_injected_one() -> None:
+    # the injection draws its pairs from default_rng([seed, kind]); the random removal set must
+    # come from another stream, or for seed 0 it coincides with the oracle set
+    from ecif.data.datasets import load_dataset
+    from ecif.data.noise import inject
+
+    train = load_dataset("shapes", sizes={"pretrain": 4, "train": 100, "val": 4, "test": 4})["train"]
+    for seed in (0, 1):
+        mask = inject(train, "shuffle", 0.2, seed).mask
+        sets = S.removal_sets(np.arange(100.0), mask, seed=seed)
+        assert mask[sets["random"]].mean() < 0.6
+        assert np.array_equal(sets["oracle"], np.flatnonzero(mask))
+        assert np.array_equal(sets["ecif"], np.arange(80, 100))
