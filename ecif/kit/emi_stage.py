@@ -72,8 +72,9 @@ def misalignment_experiment(ds, emb, q, data_root: str, encoder_dir: str, kinds,
                             fit_kw: dict, seed: int = 0, ridge: float = 1e-2, clean_fit=None
                             ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Experiment B. Returns ``(models, marginals, fits)``: one row per (kind, rate) with the
-    model's test ``emi``, ``accuracy``, ``dmi_emi``, ECIF's ``precision_at_k`` / ``auroc`` and
-    random's, and ``emi_after_<set>`` / ``accuracy_after_<set>`` for the removal sets; one row per
+    model's test ``emi``, ``accuracy``, ``dmi_emi``, ``precision_<m>`` / ``auroc_<m>`` (k = number
+    injected) for ``m`` in ecif and random, and ``emi_after_<set>`` / ``accuracy_after_<set>`` /
+    ``misaligned_removed_<set>`` for the removal sets ecif, random, oracle; one row per
     (kind, rate > 0) of :func:`~ecif.experiments.emi_study.marginal_check` on the train split;
     ``fits``: (kind, rate) -> the fit (the clean fit, rate 0, is shared by every kind)."""
     from ecif.core.evaluate import validation_gradient

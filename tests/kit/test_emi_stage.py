@@ -3,7 +3,8 @@
 As in ``test_pipeline_smoke.py``: the stage commands come from ``dvc.yaml`` and run in a
 temporary copy of the project with a shrunk ``params.yaml`` (a 2-epoch shapes encoder, 120 train
 pairs, one shift level and seed, two rates), so the real outputs are never touched. Only the
-stages ``emi`` needs are run (``encoder_shapes``, then ``emi``).
+stages ``emi`` needs are run (``encoder_shapes``, then ``emi``). A fast test checks the
+shaping of the metrics alone.
 """
 
 from __future__ import annotations
@@ -95,3 +96,27 @@ def test_emi_stage_outputs_and_metrics(emi_run: Path) -> None:
     assert (emi_run / "reports" / "11_emi.html").stat().st_size > 0
     header = (emi_run / "plots" / "emi_shifts.csv").read_text().splitlines()[0].split(",")
     assert {"scenario", "modality", "emid", "bound"} <= set(header)
+
+
+def test_metrics_shaping_has_no_dotted_keys() -> None:
+    import pandas as pd
+
+    from ecif.kit import emi_stage
+
+    assert emi_stage.rate_key("shuffle", 0.05) == "shuffle_r05"
+    assert emi_stage.rate_key("systematic_swap", 0.3) == "systematic_swap_r30"
+    grid = pd.DataFrame({"scenario": ["a", "b", "c"], "seed": [0, 0, 0]})
+    corr = pd.DataFrame([{"x": "emid", "y": "bound", "seed": "mean", "pearson": 0.5, "pearson_lo": 0.1,
+                          "pearson_hi": 0.9, "spearman": 0.4, "spearman_lo": 0.0, "spearman_hi": 0.8},
+                         {"x": "emid", "y": "bound", "seed": "0", "pearson": 0.5, "pearson_lo": 0.1,
+                          "pearson_hi": 0.9, "spearman": 0.4, "spearman_lo": 0.0, "spearman_hi": 0.8}])
+    models = pd.DataFrame([{"kind": "shuffle", "rate": 0.0, "emi": -1.0, "precision_ecif": float("nan"),
+                            "seconds": 1.0},
+                           {"kind": "shuffle", "rate": 0.05, "emi": -2.0, "precision_ecif": 0.9, "seconds": 1.0}])
+    marg = pd.DataFrame([{"kind": "shuffle", "rate": 0.05, "jsd_captions": 0.0}])
+    m = emi_stage.metrics(grid, corr, models, marg, {"dmi_emi": 0.0}, {"stage_s": 3.0})
+    flat = _flat(m)
+    assert flat["shift.corr_emid_bound.spearman"] == 0.4 and flat["shift.n_scenarios"] == 3
+    assert flat["misalignment.shuffle_r05.precision_ecif"] == 0.9
+    assert "misalignment.shuffle_r00.precision_ecif" not in flat  # nan dropped
+    assert flat["marginals.shuffle_r05.jsd_captions"] == 0.0
