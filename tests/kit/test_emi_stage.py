@@ -1,63 +1,17 @@
-"""Smoke run of the ``emi`` stage (notebook 11_emi) with tiny parameters, through papermill.
-
-As in ``test_pipeline_smoke.py``: the stage commands come from ``dvc.yaml`` and run in a
-temporary copy of the project with a shrunk ``params.yaml`` (a 2-epoch shapes encoder, 120 train
-pairs, one shift level and seed, two rates), so the real outputs are never touched. Only the
-stages ``emi`` needs are run (``encoder_shapes``, then ``emi``). A fast test checks the
-shaping of the metrics alone.
+"""The ``emi`` stage (notebook 11_emi): its metrics from the shared tiny pipeline run
+(``smoke_run`` in ``tests/kit/conftest.py``: one shift level and seed, two rates), and the
+shaping of its metrics alone (fast).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import shlex
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 pytest.importorskip("papermill")
-
-ROOT = Path(__file__).resolve().parents[2]
-
-TINY = {
-    "encoder": {"epochs": 2},
-    "finetune": {"n_train": 120, "batch_size": 32},
-    "emi": {"levels": [3], "shift_seeds": [0], "n_boot": 50, "rates": [0.0, 0.2],
-            "joint": [["noise", "typo"]]},
-}
-
-
-@pytest.fixture(scope="module")
-def emi_run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("emi_stage")
-    shutil.copytree(ROOT / "notebooks", root / "notebooks")
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for group, values in TINY.items():
-        params[group].update(values)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    if (ROOT / "data" / "shapes").is_dir():
-        (root / "data").symlink_to(ROOT / "data", target_is_directory=True)
-    else:
-        from ecif.data.datasets import write_embedded
-
-        write_embedded(root / "data")
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for name in ("encoder_shapes", "emi"):
-        stage = stages[name]
-        proc = subprocess.run(shlex.split(stage["cmd"]), cwd=root, env=env, capture_output=True, text=True)
-        assert proc.returncode == 0, f"stage {name} failed:\n{proc.stdout}\n{proc.stderr}"
-        for out in stage.get("outs", []) + stage.get("metrics", []):
-            path = next(iter(out)) if isinstance(out, dict) else out
-            assert (root / path).exists(), f"stage {name} did not write {path}"
-    return root
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -72,8 +26,8 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 @pytest.mark.slow
-def test_emi_stage_outputs_and_metrics(emi_run: Path) -> None:
-    m = _flat(json.loads((emi_run / "metrics" / "emi.json").read_text()))
+def test_emi_stage_outputs_and_metrics(smoke_run: Path) -> None:
+    m = _flat(json.loads((smoke_run / "metrics" / "emi.json").read_text()))
     assert all(k.startswith("emi.") for k in m)
     assert m["emi.shift.n_scenarios"] == 8 and m["emi.shift.n_seeds"] == 1
     for pair in ("emid_bound", "emid_acc_drop", "bound_acc_drop"):
@@ -93,8 +47,8 @@ def test_emi_stage_outputs_and_metrics(emi_run: Path) -> None:
     # a consistent relabelling is invisible to the discrete MI
     assert m["emi.relabelling.dmi_emi"] == pytest.approx(0.0, abs=1e-12)
     assert m["emi.relabelling.accuracy"] < 1.0
-    assert (emi_run / "reports" / "11_emi.html").stat().st_size > 0
-    header = (emi_run / "plots" / "emi_shifts.csv").read_text().splitlines()[0].split(",")
+    assert (smoke_run / "reports" / "11_emi.html").stat().st_size > 0
+    header = (smoke_run / "plots" / "emi_shifts.csv").read_text().splitlines()[0].split(",")
     assert {"scenario", "modality", "emid", "bound"} <= set(header)
 
 

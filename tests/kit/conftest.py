@@ -1,0 +1,103 @@
+"""The one smoke run of the whole DVC pipeline that the slow tests of this folder share.
+
+The stage commands are read from ``dvc.yaml`` and run in order, exactly as ``dvc repro`` would
+run them (a ``matrix`` stage once per cell of the tiny grid, ``${item.*}`` filled in), in a
+temporary copy of the project whose ``params.yaml`` is shrunk by :data:`TINY` (2 encoder epochs,
+120 train pairs, 8 leave-one-out refits, one shift level for the EMI stage ...), so the real
+``artifacts/``, ``reports/`` and ``metrics/`` are never touched. Session-scoped: it runs once,
+however many test modules use it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+TINY = {
+    "noise": {"n_gallery": 4},
+    "encoder": {"epochs": 2},
+    "finetune": {"n_train": 120, "batch_size": 32},
+    "loo": {"n_pairs": 8, "n_misaligned": 3},
+    "detection_grid": {"kinds": ["systematic_swap"], "rates": [0.2], "seeds": [0, 1]},
+    "ablation": {"dampings": [0.0, 0.1], "lams": [0.1, 0.3], "batch_sizes": [32, None], "n_pairs": 4,
+                 "n_misaligned": 2},
+    "cleaning": {"random_seeds": [0, 1]},
+    "traceback": {"n_items": 2, "ks": [2], "n_random": 1, "n_gallery": 2, "top": 2},
+    "emi": {"levels": [3], "shift_seeds": [0], "n_boot": 50, "rates": [0.0, 0.2], "joint": [["noise", "typo"]]},
+}
+
+
+def _lookup(params: dict, dotted: str):
+    node = params
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _expand(name: str, stage: dict, params: dict) -> list[tuple[str, dict]]:
+    """A plain stage as is; a ``matrix`` stage once per cell (``${group.key}`` lists read from
+    ``params``, ``${item.<axis>}`` substituted everywhere in the stage)."""
+    if "matrix" not in stage:
+        return [(name, stage)]
+    axes = {}
+    for axis, values in stage["matrix"].items():
+        if isinstance(values, str) and values.startswith("${"):
+            values = _lookup(params, values[2:-1])
+        axes[axis] = values
+    body = yaml.safe_dump({k: v for k, v in stage.items() if k != "matrix"})
+    cells = []
+    for combo in itertools.product(*axes.values()):
+        text = body
+        for axis, value in zip(axes, combo):
+            text = text.replace(f"${{item.{axis}}}", str(value))
+        cells.append((f"{name}@{'-'.join(map(str, combo))}", yaml.safe_load(text)))
+    return cells
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pipeline")
+    shutil.copytree(ROOT / "notebooks", root / "notebooks")
+    shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for group, values in TINY.items():
+        params[group].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if (ROOT / "data" / params["common"]["dataset"]).is_dir():
+        (root / "data").symlink_to(ROOT / "data", target_is_directory=True)
+    else:  # data not pulled: the embedded data sets are rebuilt in memory
+        from ecif.data.datasets import write_embedded
+
+        write_embedded(root / "data")
+
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    expanded = [cell for n, st in stages.items() for cell in _expand(n, st, params)]
+    for name, stage in expanded:
+        proc = subprocess.run(
+            shlex.split(stage["cmd"]),
+            check=False,
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 0, (
+            f"stage {name} failed:\n{proc.stdout}\n{proc.stderr}"
+        )
+        # every declared output exists
+        for out in stage.get("outs", []) + stage.get("metrics", []):
+            path = next(iter(out)) if isinstance(out, dict) else out
+            assert (root / path).exists(), f"stage {name} did not write {path}"
+    return root
