@@ -14,7 +14,6 @@ VENV ?= .venv
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 PYTEST_ARGS ?=
 PLOTS_TEMPLATE := tools/dvc-plots/offline.html
-PULL_TARGETS ?= $(wildcard *.dvc)
 PLOTS_OUT ?= dvc_plots
 
 # Stage commands run by DVC (`python -m ecif.kit.notebook_runner ...`) must find the venv's python.
@@ -36,15 +35,13 @@ help:
 setup:
 	@tools/setup-venv.sh
 
-# Pull only the tracked inputs (data.dvc), not stage outputs recorded in dvc.lock:
-# those are rebuilt by dvc repro and are not in the in-repo remote.
+# Plain `dvc pull`: the only cached output is data/ (data.dvc, in the in-repo remote); stage
+# outputs are `cache: false` in dvc.yaml, so pull leaves them to dvc repro.
 pull: setup
 	@if [ ! -d .dvc ]; then \
 		echo "[repro] no .dvc/ directory yet: skipping dvc pull"; \
-	elif [ -z "$(PULL_TARGETS)" ]; then \
-		echo "[repro] no *.dvc files: nothing to pull"; \
 	else \
-		echo "[repro] dvc pull $(PULL_TARGETS)"; dvc pull $(PULL_TARGETS); \
+		echo "[repro] dvc pull"; dvc pull; \
 	fi
 
 repro: pull

@@ -140,15 +140,20 @@ def create_default(cfg: dict, seed: int = 0):
     open_clip = open_clip_module()
     name = register_config(cfg)
     torch.manual_seed(seed)
-    # quiet the expected notes: MiniLM's unused BERT pooler weights, "initialized partially"
+    # quiet the expected notes: MiniLM's unused BERT pooler weights, "initialized partially", and
+    # the "Loading weights" progress bar (its rate would make every executed notebook differ)
     level, root = transformers.logging.get_verbosity(), logging.getLogger().level
+    bar = transformers.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     logging.getLogger().setLevel(logging.ERROR)
     try:
         model = open_clip.create_model(name, pretrained=None, force_preprocess_cfg=_preprocess_cfg(cfg["vision_cfg"]["image_size"]))
         tokenizer = open_clip.get_tokenizer(name)
     finally:
         transformers.logging.set_verbosity(level)
+        if bar:
+            transformers.logging.enable_progress_bar()
         logging.getLogger().setLevel(root)
     return model.eval(), tokenizer
 
