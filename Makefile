@@ -3,7 +3,7 @@
 #   make repro   set up .venv if needed, pull the data, run the DVC pipeline, say where reports are
 #   make test    set up .venv if needed, run the test suite
 #
-# Helpers: make setup | make plots | make lab | make clean-venv | make help
+# Helpers: make setup | make plots | make lab | make lock | make clean-venv | make help
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -14,7 +14,6 @@ VENV ?= .venv
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 PYTEST_ARGS ?=
 PLOTS_TEMPLATE := tools/dvc-plots/offline.html
-PULL_TARGETS ?= $(wildcard *.dvc)
 PLOTS_OUT ?= dvc_plots
 
 # Stage commands run by DVC (`python -m ecif.kit.notebook_runner ...`) must find the venv's python.
@@ -23,27 +22,26 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 export DVC_NO_ANALYTICS := 1
 export PYTHON VENV
 
-.PHONY: help repro test setup pull plots lab clean-venv
+.PHONY: help repro test setup pull plots lab lock clean-venv
 
 help:
 	@echo "make repro   - set up $(VENV) if needed, dvc pull, dvc repro, print where the reports are"
 	@echo "make test    - set up $(VENV) if needed, run pytest (extra args: PYTEST_ARGS='-m \"not slow\"')"
-	@echo "make setup   - only create/update $(VENV) (torch==2.14.1 torchvision==0.29.1, .[kit,test], kernel ecif)"
+	@echo "make setup   - only create/update $(VENV) (requirements.lock: torch==2.14.1, .[kit,test]; kernel ecif)"
 	@echo "make plots   - dvc plots show with the offline HTML template -> $(PLOTS_OUT)/index.html"
 	@echo "make lab     - open JupyterLab on notebooks/"
+	@echo "make lock    - re-resolve every dependency in a throw-away venv and rewrite requirements.lock"
 
 setup:
 	@tools/setup-venv.sh
 
-# Pull only the tracked inputs (data.dvc), not stage outputs recorded in dvc.lock:
-# those are rebuilt by dvc repro and are not in the in-repo remote.
+# Plain `dvc pull`: the only cached output is data/ (data.dvc, in the in-repo remote); stage
+# outputs are `cache: false` in dvc.yaml, so pull leaves them to dvc repro.
 pull: setup
 	@if [ ! -d .dvc ]; then \
 		echo "[repro] no .dvc/ directory yet: skipping dvc pull"; \
-	elif [ -z "$(PULL_TARGETS)" ]; then \
-		echo "[repro] no *.dvc files: nothing to pull"; \
 	else \
-		echo "[repro] dvc pull $(PULL_TARGETS)"; dvc pull $(PULL_TARGETS); \
+		echo "[repro] dvc pull"; dvc pull; \
 	fi
 
 repro: pull
@@ -71,6 +69,11 @@ plots: setup
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/
+
+# Refresh the pins: newest compatible releases, resolved in a throw-away venv (needs the package
+# registry, a few minutes). Then `make setup` brings $(VENV) to the new lock; run make test.
+lock:
+	@tools/lock.sh
 
 clean-venv:
 	rm -rf $(VENV)

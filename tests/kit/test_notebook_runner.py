@@ -134,3 +134,71 @@ def test_out_name_names_the_executed_copy(project: Path, monkeypatch) -> None:
     assert executed == project / "reports" / "01_toy_b.ipynb"
     with pytest.raises(nr.StageError, match="plain file name"):
         nr.run_stage("toy", root=project, out_name="../elsewhere")
+
+
+# ------------------------------------------------ schema, failed runs, reproducible reports
+
+
+def test_out_of_range_value_is_refused_before_executing(project: Path) -> None:
+    with pytest.raises(nr.StageError) as err:
+        nr.run_stage("toy", root=project, overrides=["rate=1.5"])
+    msg = str(err.value)
+    assert "rate = 1.5" in msg and "> 0 and < 1" in msg and "Fix:" in msg, msg
+    assert not (project / "seen.json").exists()
+    assert not (project / "reports").exists() or not any((project / "reports").iterdir())
+
+
+def test_wrong_type_from_common_is_refused(project: Path) -> None:
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("seed: 7", "seed: seven"))
+    with pytest.raises(nr.StageError, match=r"common\.seed = 'seven' has the wrong type \(str\)"):
+        nr.run_stage("toy", root=project)
+    assert not (project / "seen.json").exists()
+
+
+def _raising_notebook(path: Path) -> None:
+    """Parameters cell, then a cell that fails when rate > 0.5."""
+    cell = nbformat.v4.new_code_cell("rate = 0.1\nseed = 0\nname = 'x'")
+    cell.metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(cells=[
+        cell,
+        nbformat.v4.new_code_cell("print(f'rate is {rate}')"),
+        nbformat.v4.new_code_cell("if rate > 0.5:\n    raise ValueError('rate too high for this toy')"),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+
+
+def test_failed_run_keeps_the_previous_report(project: Path, capsys) -> None:
+    _raising_notebook(project / "notebooks" / "01_toy.ipynb")
+    reports = project / "reports"
+    nr.run_stage("toy", root=project)  # rate 0.3: succeeds
+    good = {p: (reports / p).read_bytes() for p in ("01_toy.ipynb", "01_toy.html")}
+    assert nr.main(["toy", "--params", str(project / "params.yaml"), "--notebooks-dir", str(project / "notebooks"),
+                    "--reports-dir", str(reports), "--override", "rate=0.9"]) == 1
+    assert {p: (reports / p).read_bytes() for p in good} == good  # untouched
+    failed = nbformat.read(str(reports / "01_toy.failed.ipynb"), as_version=4)
+    assert failed.metadata.papermill.exception is True
+    assert "rate too high" in (reports / "01_toy.failed.html").read_text()
+    assert not list(reports.glob("*.partial.*"))
+    assert "01_toy.failed.ipynb" in capsys.readouterr().err
+    nr.run_stage("toy", root=project)  # a later success removes the failed copy
+    assert not (reports / "01_toy.failed.ipynb").exists() and not (reports / "01_toy.failed.html").exists()
+
+
+def test_same_inputs_give_byte_identical_reports(project: Path) -> None:
+    """No timestamps, durations or random ids in the executed copy or its HTML."""
+    reports = project / "reports"
+    nr.run_stage("toy", root=project)
+    first = {p.name: p.read_bytes() for p in sorted(reports.iterdir())}
+    nr.run_stage("toy", root=project)
+    second = {p.name: p.read_bytes() for p in sorted(reports.iterdir())}
+    assert sorted(first) == ["01_toy.html", "01_toy.ipynb"]
+    assert first == second
+    nb = nbformat.read(str(reports / "01_toy.ipynb"), as_version=4)
+    text = json.dumps(nb)
+    for key in ("start_time", "end_time", "duration", "iopub.", "shell.execute_reply"):
+        assert key not in text, key
+    assert nb.metadata.papermill.input_path == "notebooks/01_toy.ipynb"
+    assert nb.metadata.papermill.output_path == "reports/01_toy.ipynb"
+    assert any(c.get("id") == nr.INJECTED_CELL_ID for c in nb.cells)

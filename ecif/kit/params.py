@@ -1,0 +1,500 @@
+"""The schema of ``params.yaml``: every group and key, its type, range or allowed values.
+
+Checked in well under a second, before any stage runs, so a bad value costs nothing:
+
+- ``dvc repro`` runs stage ``check_params`` first (``python -m ecif.kit.params check``); every
+  other stage depends on its marker file, so an invalid ``params.yaml`` stops the pipeline
+  before DVC deletes any stage's previous outputs;
+- ``python -m ecif.kit.notebook_runner`` checks the values it is about to inject (after
+  ``--override``) and refuses to execute a notebook with an invalid one.
+
+Each problem is reported with the key, the bad value, what is allowed and how to fix it::
+
+    params.yaml: noise.rate = 1.5 is out of range: must be > 0 and < 1 (fraction of train pairs made misaligned).
+      Fix: set noise.rate to a value in that range, e.g. 0.2.
+
+Command line::
+
+    python -m ecif.kit.params check [--params params.yaml] [--ok-file FILE]   # exit 0 valid, 2 not
+    python -m ecif.kit.params show                                            # the schema, as a table
+
+The ``--ok-file`` content is fixed: it does not change when valid parameters change, so the
+stages depending on it rerun only for their own parameters. This module imports nothing heavy
+(no torch): the whole check takes a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+# Kept equal to ecif.data (datasets.EMBEDDED + TORCHVISION, noise.KINDS) by tests/kit/test_params.py;
+# written out here so that the check does not import torch.
+EMBEDDED_DATASETS = ("digits", "shapes")
+TORCHVISION_DATASETS = ("cifar10", "cifar100", "food101", "flowers102", "fgvc_aircraft", "dtd")
+DATASETS = EMBEDDED_DATASETS + TORCHVISION_DATASETS
+COMPOSITIONAL_DATASETS = ("shapes",)  # captions built from several attributes: attribute swaps need them
+NOISE_KINDS = ("shuffle", "label_flip", "attribute_swap")
+GRID_KINDS = NOISE_KINDS + ("systematic_swap",)  # systematic_swap = attribute_swap, the same swap everywhere
+FIT_METHODS = ("newton", "newton-cg", "auto")
+
+OK_TEXT = "ok: params.yaml passed the schema check of ecif/kit/params.py\n"
+
+
+class ParamsError(ValueError):
+    """Invalid parameters; ``problems`` holds one message per problem."""
+
+    def __init__(self, problems: list[str], source: str = "params.yaml") -> None:
+        self.problems = list(problems)
+        self.source = source
+        n = len(self.problems)
+        head = f"{source}: {n} invalid parameter{'s' if n != 1 else ''}"
+        super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+# ----------------------------------------------------------------------------------- specs
+
+
+def _show(value: Any) -> str:
+    """A value as written in params.yaml (null, true, 1.0e-09, [64, null]); text quoted."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return yaml.safe_dump(value).split("\n")[0]
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    return repr(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(float(value)))
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one key may hold.
+
+    ``type``: ``int``, ``float`` (ints accepted), ``str``, ``choice`` or ``list`` (of ``item``);
+    ``gt``/``ge``/``lt``/``le``: bounds of a number; ``choices``: the allowed values;
+    ``nullable``: ``null`` allowed (``null_means`` says what it does); ``example``: a valid
+    value for the fix; ``min_len``/``unique``: for lists.
+    """
+
+    type: str
+    meaning: str
+    example: Any = None
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    choices: tuple = ()
+    nullable: bool = False
+    null_means: str = ""
+    item: Spec | None = None
+    min_len: int = 1
+    unique: bool = False
+    hint: str = ""  # an extra sentence for the fix, e.g. why a bound is strict
+
+    def allowed(self) -> str:
+        """The allowed values in words: 'an integer >= 1 or null (one full batch)'."""
+        if self.type == "choice":
+            text = "one of " + ", ".join(map(str, self.choices))
+        elif self.type == "list":
+            text = f"a list of {'unique ' if self.unique else ''}values, at least {self.min_len}, each " + (
+                self.item.allowed() if self.item else "any")
+        else:
+            text = {"int": "an integer", "float": "a number", "str": "a text"}[self.type]
+            bounds = [f"{op} {b:g}" for op, b in ((">", self.gt), (">=", self.ge), ("<", self.lt), ("<=", self.le))
+                      if b is not None]
+            if bounds:
+                text += " " + " and ".join(bounds)
+        if self.nullable:
+            text += f" or null ({self.null_means})" if self.null_means else " or null"
+        return text
+
+    def problem(self, value: Any) -> str | None:
+        """None if ``value`` fits, else what is wrong (without the key)."""
+        if value is None:
+            return None if self.nullable else "is null"
+        if self.type == "int":
+            if not _is_int(value):
+                return f"has the wrong type ({type(value).__name__})"
+        elif self.type == "float":
+            if isinstance(value, str):
+                try:
+                    float(value)
+                except ValueError:
+                    pass
+                else:  # PyYAML reads 1e-9 (no dot) as a string
+                    return ("is a string, not a number (YAML reads an exponent without a dot, like 1e-9, as "
+                            "text: write 1.0e-9)")
+            if not _is_number(value):
+                return f"has the wrong type ({type(value).__name__})" if not _is_number(value) and not isinstance(
+                    value, float) else "is not finite"
+        elif self.type == "str":
+            if not isinstance(value, str) or not value.strip():
+                return f"has the wrong type ({type(value).__name__})" if not isinstance(value, str) else "is empty"
+        elif self.type == "choice":
+            if value not in self.choices:
+                close = difflib.get_close_matches(str(value), [str(c) for c in self.choices], n=1)
+                return "is not an allowed value" + (f" (did you mean {close[0]}?)" if close else "")
+        elif self.type == "list":
+            if not isinstance(value, list):
+                return f"has the wrong type ({type(value).__name__}, not a list)"
+            if len(value) < self.min_len:
+                return f"has {len(value)} item(s), fewer than {self.min_len}"
+            for i, item in enumerate(value):
+                bad = self.item.problem(item) if self.item else None
+                if bad:
+                    return f"has an invalid item {i} ({_show(item)}: {bad})"
+            if self.unique:
+                seen = [v for i, v in enumerate(value) if v in value[:i]]
+                if seen:
+                    return f"repeats {_show(seen[0])}"
+            return None
+        if self.type in ("int", "float"):
+            v = float(value)
+            if ((self.gt is not None and not v > self.gt) or (self.ge is not None and not v >= self.ge)
+                    or (self.lt is not None and not v < self.lt) or (self.le is not None and not v <= self.le)):
+                return "is out of range"
+        return None
+
+
+def Int(meaning: str, example: int, *, ge: int | None = None, gt: int | None = None, **kw) -> Spec:
+    return Spec("int", meaning, example, ge=ge, gt=gt, **kw)
+
+
+def Num(meaning: str, example: float, **kw) -> Spec:
+    return Spec("float", meaning, example, **kw)
+
+
+def Choice(meaning: str, choices: tuple, example: Any = None, **kw) -> Spec:
+    return Spec("choice", meaning, choices[0] if example is None else example, choices=tuple(choices), **kw)
+
+
+def Text(meaning: str, example: str, **kw) -> Spec:
+    return Spec("str", meaning, example, **kw)
+
+
+def ListOf(meaning: str, item: Spec, example: list, *, unique: bool = False, min_len: int = 1) -> Spec:
+    return Spec("list", meaning, example, item=item, unique=unique, min_len=min_len)
+
+
+SEED = dict(ge=0)  # numpy's generators refuse negative seeds
+LAM_HINT = ("lam is the L2 pull (lam/2)||theta - theta0||^2 that makes the fit's optimum strict; a strict minimum "
+            "(positive definite Hessian, the influence solve) needs lam > 0, and values near 1/n make the fit "
+            "nearly singular: 0.1 is the digits default")
+
+#: group -> key -> Spec. Every key of these groups must be present in params.yaml.
+SCHEMA: dict[str, dict[str, Spec]] = {
+    "common": {
+        "dataset": Choice("data set of the core stages", DATASETS, "digits"),
+        "data_root": Text("folder of the DVC-tracked raw data", "data"),
+        "seed": Int("seed of encoder init, LoRA init, batching, LOO sample, random baseline", 0, **SEED),
+        "threads": Int("torch CPU threads", 1, ge=1),
+    },
+    "noise": {
+        "kind": Choice("how train pairs are made misaligned", NOISE_KINDS),
+        "rate": Num("fraction of train pairs made misaligned", 0.2, gt=0, lt=1),
+        "seed": Int("which pairs are corrupted, and how", 0, **SEED),
+        "n_gallery": Int("pairs shown in the gallery figure", 12, ge=1),
+    },
+    "encoder": {
+        "epochs": Int("training epochs of the default encoder", 40, ge=1),
+    },
+    "finetune": {
+        "rank": Int("LoRA rank", 1, ge=1),
+        "lam": Num("L2 pull towards the start", 0.1, gt=0, hint=LAM_HINT),
+        "batch_size": Int("size of the fixed batches of the contrastive loss", 64, ge=2, nullable=True,
+                          null_means="one full batch"),
+        "gtol": Num("gradient norm the fit must reach", 1.0e-9, gt=0),
+        "max_iter": Int("Newton steps at most", 100, ge=1),
+        "method": Choice("optimiser of the fit", FIT_METHODS, "newton-cg"),
+        "n_train": Int("use only the first n train pairs", 120, ge=2, nullable=True, null_means="all"),
+    },
+    "loo": {
+        "n_pairs": Int("pairs retrained without (leave-one-out ground truth)", 40, ge=2),
+        "n_misaligned": Int("how many of the LOO pairs are misaligned", 10, ge=0),
+        "gtol": Num("gradient norm every refit must reach", 1.0e-9, gt=0),
+    },
+    "detect": {},
+    "detection_grid": {
+        "kinds": ListOf("misalignment kinds of the sweep", Choice("kind", GRID_KINDS), ["shuffle"], unique=True),
+        "rates": ListOf("noise rates of the sweep", Num("rate", 0.2, gt=0, lt=1), [0.2], unique=True),
+        "seeds": ListOf("noise seeds of the sweep", Int("seed", 0, **SEED), [0], unique=True),
+    },
+    "detection_cell": {
+        "dataset": Choice("data set of the sweep (attribute swaps need a compositional one)", COMPOSITIONAL_DATASETS),
+        "encoder_dir": Text("frozen encoder of the sweep's data set", "artifacts/encoder_shapes"),
+    },
+    "ablation": {
+        "dampings": ListOf("damping values mu of the sweep", Num("damping", 0.01, ge=0), [0.0, 0.01]),
+        "lams": ListOf("lam values of the sweep (each refits)", Num("lam", 0.1, gt=0, hint=LAM_HINT), [0.1]),
+        "batch_sizes": ListOf("batch sizes of the sweep, the first is the reference",
+                              Int("batch size", 64, ge=2, nullable=True, null_means="one full batch"), [64, None],
+                              unique=True),
+        "n_pairs": Int("leave-one-out sample of the lam and batch-size sweeps", 16, ge=2),
+        "n_misaligned": Int("how many of them are misaligned", 4, ge=0),
+    },
+    "cleaning": {
+        "fraction": Num("share of train pairs removed", 0.1, gt=0, lt=1),
+        "random_seeds": ListOf("seeds of the random deletions", Int("seed", 0, **SEED), [0, 1, 2], unique=True),
+    },
+    "traceback": {
+        "n_items": Int("mispredicted test items checked", 6, ge=1),
+        "ks": ListOf("numbers of culprits removed", Int("k", 5, ge=1), [5, 10], unique=True),
+        "n_random": Int("random removals per item and k", 3, ge=1),
+        "n_gallery": Int("items shown in the gallery", 4, ge=1),
+        "top": Int("traced pairs shown per item", 4, ge=1),
+    },
+    "summary": {},
+}
+
+#: Optional top-level groups (the runner's notebook map: stage -> notebook name).
+OPTIONAL_GROUPS = ("notebooks",)
+
+#: Notebook parameters set by ``--override`` in dvc.yaml rather than by a params.yaml key.
+OVERRIDES: dict[str, Spec] = {
+    "kind": Choice("misalignment kind of a sweep cell", GRID_KINDS),
+    "rate": Num("noise rate of a sweep cell", 0.2, gt=0, lt=1),
+    "noise_seed": Int("noise seed of a sweep cell", 0, **SEED),
+    "dataset": Choice("data set", DATASETS, "digits"),
+}
+
+
+@dataclass
+class _Cross:
+    keys: tuple[str, ...]
+    test: Callable[[dict], str | None]
+
+
+def _group(params: dict, name: str) -> dict:
+    value = params.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def _misaligned_within(group: str) -> Callable[[dict], str | None]:
+    def test(params: dict) -> str | None:
+        g = _group(params, group)
+        n, m = g.get("n_pairs"), g.get("n_misaligned")
+        if _is_int(n) and _is_int(m) and m > n:
+            return (f"{group}.n_misaligned = {m} is larger than {group}.n_pairs = {n}: the misaligned pairs are "
+                    f"part of the sample. Fix: set {group}.n_misaligned to at most {n}, or raise {group}.n_pairs.")
+        return None
+    return test
+
+
+def _swap_needs_compositional(params: dict) -> str | None:
+    kind, dataset = _group(params, "noise").get("kind"), _group(params, "common").get("dataset")
+    if kind == "attribute_swap" and dataset in DATASETS and dataset not in COMPOSITIONAL_DATASETS:
+        return (f"noise.kind = 'attribute_swap' needs a data set whose captions are built from attributes, but "
+                f"common.dataset = {dataset!r}. Fix: set common.dataset to one of {', '.join(COMPOSITIONAL_DATASETS)}, "
+                "or noise.kind to shuffle or label_flip.")
+    return None
+
+
+CROSS_CHECKS = (
+    _Cross(("loo.n_pairs", "loo.n_misaligned"), _misaligned_within("loo")),
+    _Cross(("ablation.n_pairs", "ablation.n_misaligned"), _misaligned_within("ablation")),
+    _Cross(("noise.kind", "common.dataset"), _swap_needs_compositional),
+)
+
+
+# ------------------------------------------------------------------------------- checking
+
+
+def value_problem(key: str, value: Any, spec: Spec) -> str | None:
+    """The message for ``key = value`` if it breaks ``spec``, else None."""
+    bad = spec.problem(value)
+    if bad is None:
+        return None
+    fix = f"Fix: set {key} to {spec.allowed()}"
+    if spec.example is not None or spec.type == "list":
+        fix += f", e.g. {_show(spec.example)}"
+    fix += "."
+    if spec.hint:
+        fix += f" ({spec.hint}.)"
+    return f"{key} = {_show(value)} {bad}: must be {spec.allowed()} ({spec.meaning}). {fix}"
+
+
+def validate(params: Any, schema: dict[str, dict[str, Spec]] | None = None) -> list[str]:
+    """Every problem of a whole parameters mapping (empty list: valid)."""
+    schema = SCHEMA if schema is None else schema
+    if not isinstance(params, dict):
+        return [f"the file must hold a mapping of groups (common:, noise:, ...), got {type(params).__name__}"]
+    problems: list[str] = []
+    known = list(schema) + list(OPTIONAL_GROUPS)
+    for group in params:
+        if group not in known:
+            close = difflib.get_close_matches(str(group), known, n=1)
+            problems.append(
+                f"unknown group {group!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                + f". Fix: rename it to one of the groups ({', '.join(schema)}) or remove it."
+            )
+    for group, keys in schema.items():
+        if group not in params:
+            problems.append(f"group {group!r} is missing. Fix: add it back"
+                            + (f" with its keys ({', '.join(keys)})." if keys else " (as `{}`: it has no keys)."))
+            continue
+        values = params[group]
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            problems.append(f"group {group} = {_show(values)} must be a mapping of keys"
+                            + (f" ({', '.join(keys)})" if keys else " (here: `{}`)") + ".")
+            continue
+        for key, value in values.items():
+            if key not in keys:
+                close = difflib.get_close_matches(str(key), list(keys), n=1)
+                problems.append(
+                    f"{group}.{key} = {_show(value)} is not a parameter of group {group!r}"
+                    + (f" (did you mean {group}.{close[0]}?)" if close else "")
+                    + (f". Allowed keys: {', '.join(keys)}" if keys else ". This group takes no keys")
+                    + ". Fix: correct the spelling or remove the key."
+                )
+        unknown = [str(k) for k in values if k not in keys]
+        for key, spec in keys.items():
+            if key not in values:
+                if difflib.get_close_matches(key, unknown, n=1):
+                    continue  # reported above as a misspelt key
+                problems.append(f"{group}.{key} is missing: {spec.meaning}. Fix: add `{key}: {_show(spec.example)}` "
+                                f"under {group}: ({spec.allowed()}).")
+                continue
+            bad = value_problem(f"{group}.{key}", values[key], spec)
+            if bad:
+                problems.append(bad)
+    if schema is SCHEMA:
+        flagged = {p.split(" ", 1)[0] for p in problems}
+        for cross in CROSS_CHECKS:
+            if not flagged.intersection(cross.keys):
+                bad = cross.test(params)
+                if bad:
+                    problems.append(bad)
+    if "notebooks" in params and not (
+        isinstance(params["notebooks"], dict) and all(isinstance(v, str) for v in params["notebooks"].values())
+    ):
+        problems.append("notebooks: must map stage names to notebook names, e.g. `notebooks: {inject: 01_inject}`.")
+    return problems
+
+
+def check(params: Any, source: str = "params.yaml") -> None:
+    """Raise :class:`ParamsError` listing every problem of ``params``."""
+    problems = validate(params)
+    if problems:
+        raise ParamsError(problems, source)
+
+
+def load(path: str | Path) -> Any:
+    """Read a parameters file (YAML); a syntax error is a :class:`ParamsError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError([f"file not found: {path}"], str(path))
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError([f"not valid YAML: {exc}"], str(path)) from exc
+
+
+def check_file(path: str | Path = "params.yaml") -> dict:
+    """Load and check a parameters file; return its content."""
+    params = load(path)
+    check(params, str(path))
+    return params
+
+
+def spec_for(key: str, groups: list[str], from_common: bool) -> Spec | None:
+    """The spec of a notebook parameter ``key`` injected for a stage reading ``groups``.
+
+    A key of one of the stage's groups (the last group wins, as in the runner's merge) takes that
+    group's spec; a key coming from ``common`` takes common's; a value set by ``--override`` on a
+    key of neither takes :data:`OVERRIDES` (sweep cells: kind, rate, noise_seed). None: no spec.
+    """
+    if not from_common:
+        for group in reversed(groups):
+            if key in SCHEMA.get(group, {}):
+                return SCHEMA[group][key]
+    if key in SCHEMA["common"]:
+        return SCHEMA["common"][key]
+    return OVERRIDES.get(key)
+
+
+def check_injected(values: dict[str, Any], groups: list[str], common_keys: set[str] | frozenset = frozenset(),
+                   source: str = "parameters") -> None:
+    """Check the values a stage is about to inject into its notebook (after ``--override``).
+
+    ``common_keys``: keys whose value comes from the ``common`` group. Keys without a spec
+    (paths, names unknown to the schema) are left to the notebook. Raises :class:`ParamsError`.
+    """
+    problems = []
+    for key, value in values.items():
+        spec = spec_for(key, groups, key in common_keys)
+        if spec is None:
+            continue
+        owner = "common" if key in common_keys else next((g for g in reversed(groups) if key in SCHEMA.get(g, {})), None)
+        bad = value_problem(f"{owner}.{key}" if owner else key, value, spec)
+        if bad:
+            problems.append(bad)
+    if problems:
+        raise ParamsError(problems, source)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def schema_table() -> str:
+    rows = ["| key | allowed | meaning |", "|---|---|---|"]
+    for group, keys in SCHEMA.items():
+        if not keys:
+            rows.append(f"| `{group}` | `{{}}` (no keys) | |")
+        for key, spec in keys.items():
+            rows.append(f"| `{group}.{key}` | {spec.allowed()} | {spec.meaning} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ecif.kit.params", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("check", help="check a parameters file against the schema (exit 0 valid, 2 invalid)")
+    c.add_argument("--params", default="params.yaml")
+    c.add_argument("--ok-file", default=None, help="on success write this marker (fixed content); on failure "
+                   "remove it")
+    sub.add_parser("show", help="print the schema as a Markdown table")
+    args = parser.parse_args(argv)
+    if args.cmd == "show":
+        print(schema_table())
+        return 0
+    ok_file = Path(args.ok_file) if args.ok_file else None
+    try:
+        check_file(args.params)
+    except ParamsError as exc:
+        if ok_file is not None:
+            ok_file.unlink(missing_ok=True)
+        print(f"error: {exc}", file=sys.stderr)
+        print("Nothing was run and no output was changed. After fixing, run the pipeline again "
+              "(dvc repro); to go back to the last committed parameters: git checkout params.yaml",
+              file=sys.stderr)
+        return 2
+    if ok_file is not None:
+        ok_file.parent.mkdir(parents=True, exist_ok=True)
+        if not ok_file.is_file() or ok_file.read_text() != OK_TEXT:
+            ok_file.write_text(OK_TEXT)
+    print(f"{args.params}: ok ({sum(len(k) for k in SCHEMA.values())} keys in {len(SCHEMA)} groups checked)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

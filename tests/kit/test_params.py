@@ -1,0 +1,187 @@
+"""ecif.kit.params: the schema of params.yaml, its command, and its place first in dvc.yaml."""
+
+from __future__ import annotations
+
+import ast
+import copy
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ecif.kit import params as P
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def good() -> dict:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def problems_with(good: dict, group: str, key: str, value) -> list[str]:
+    params = copy.deepcopy(good)
+    params[group][key] = value
+    return P.validate(params)
+
+
+def test_the_projects_params_yaml_is_valid(good: dict) -> None:
+    assert P.validate(good) == []
+    P.check_file(ROOT / "params.yaml")
+
+
+def test_typo_in_a_key_names_the_key_and_the_fix(good: dict) -> None:
+    good["loo"]["n_piars"] = good["loo"].pop("n_pairs")
+    (msg,) = P.validate(good)  # one message: the misspelt key (not also "n_pairs is missing")
+    assert msg.startswith("loo.n_piars = 40 is not a parameter of group 'loo'")
+    assert "did you mean loo.n_pairs?" in msg and "Fix:" in msg
+
+
+def test_typo_in_a_group_name(good: dict) -> None:
+    good["finetnue"] = good.pop("finetune")
+    msgs = P.validate(good)
+    assert any("unknown group 'finetnue'" in m and "did you mean 'finetune'" in m for m in msgs), msgs
+    assert any("group 'finetune' is missing" in m for m in msgs), msgs
+
+
+@pytest.mark.parametrize(
+    "group, key, value, expected",
+    [
+        ("noise", "rate", 1.5, "noise.rate = 1.5 is out of range: must be a number > 0 and < 1"),
+        ("noise", "rate", 0.0, "noise.rate = 0.0 is out of range"),
+        ("noise", "rate", "0.2", "noise.rate = '0.2' is a string, not a number"),
+        ("noise", "kind", "shufle", "noise.kind = 'shufle' is not an allowed value (did you mean shuffle?)"),
+        ("finetune", "lam", 0, "finetune.lam = 0 is out of range: must be a number > 0"),
+        ("finetune", "gtol", "1e-9", "write 1.0e-9"),
+        ("finetune", "batch_size", 0, "finetune.batch_size = 0 is out of range: must be an integer >= 2 or null"),
+        ("finetune", "batch_size", 32.5, "finetune.batch_size = 32.5 has the wrong type (float)"),
+        ("finetune", "method", "lbfgs", "must be one of newton, newton-cg, auto"),
+        ("encoder", "epochs", True, "encoder.epochs = true has the wrong type (bool)"),
+        ("common", "seed", -1, "common.seed = -1 is out of range: must be an integer >= 0"),
+        ("common", "dataset", "mnist", "must be one of digits, shapes"),
+        ("detection_grid", "kinds", [], "detection_grid.kinds = [] has 0 item(s), fewer than 1"),
+        ("detection_grid", "kinds", ["shuffle", "typo"], "has an invalid item 1 ('typo': is not an allowed value"),
+        ("detection_grid", "rates", [0.1, 0.1], "repeats 0.1"),
+        ("detection_grid", "seeds", 0, "has the wrong type (int, not a list)"),
+        ("ablation", "batch_sizes", [64, None, 1], "has an invalid item 2 (1: is out of range)"),
+        ("cleaning", "fraction", 1.0, "cleaning.fraction = 1.0 is out of range"),
+        ("traceback", "ks", [0], "has an invalid item 0 (0: is out of range)"),
+        ("detection_cell", "dataset", "digits", "must be one of shapes"),
+    ],
+)
+def test_bad_values_get_a_clear_message(good, group, key, value, expected) -> None:
+    msgs = problems_with(good, group, key, value)
+    assert len(msgs) == 1 and expected in msgs[0], msgs
+    assert "Fix: set" in msgs[0]
+
+
+def test_lam_zero_explains_the_strict_minimum(good: dict) -> None:
+    (msg,) = problems_with(good, "finetune", "lam", 0)
+    assert "strict minimum" in msg and "lam > 0" in msg
+
+
+def test_null_where_allowed(good: dict) -> None:
+    assert problems_with(good, "finetune", "batch_size", None) == []
+    assert problems_with(good, "finetune", "n_train", None) == []
+    assert "is null" in problems_with(good, "finetune", "lam", None)[0]
+
+
+def test_cross_checks(good: dict) -> None:
+    (msg,) = problems_with(good, "loo", "n_misaligned", 50)
+    assert "loo.n_misaligned = 50 is larger than loo.n_pairs = 40" in msg
+    (msg,) = problems_with(good, "noise", "kind", "attribute_swap")
+    assert "common.dataset = 'digits'" in msg and "Fix:" in msg
+    good["common"]["dataset"] = "shapes"
+    assert problems_with(good, "noise", "kind", "attribute_swap") == []
+
+
+def test_empty_groups_and_missing_groups(good: dict) -> None:
+    good["detect"] = None  # `detect:` with nothing after it
+    assert P.validate(good) == []
+    good["detect"] = {"x": 1}
+    assert "This group takes no keys" in P.validate(good)[0]
+    del good["summary"]
+    assert any("group 'summary' is missing" in m for m in P.validate(good))
+
+
+def test_injected_values_are_checked_per_stage() -> None:
+    P.check_injected({"rate": 0.2, "kind": "systematic_swap", "noise_seed": 1, "out_dir": "x"},
+                     ["finetune", "detection_cell"])
+    with pytest.raises(P.ParamsError, match=r"finetune\.lam = -1"):
+        P.check_injected({"lam": -1}, ["finetune", "detection_cell"])
+    with pytest.raises(P.ParamsError, match=r"common\.seed = 1\.5"):
+        P.check_injected({"seed": 1.5}, ["loo"], {"seed"})
+    with pytest.raises(P.ParamsError, match=r"noise\.rate = 1"):
+        P.check_injected({"rate": 1}, ["noise"])
+    P.check_injected({"anything": object()}, ["toy"])  # unknown to the schema: left to the notebook
+
+
+def test_command_line_and_marker(tmp_path: Path, good: dict) -> None:
+    ok_file = tmp_path / "out" / "params.ok"
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(good))
+    cmd = [sys.executable, "-m", "ecif.kit.params", "check", "--params", str(params_file), "--ok-file", str(ok_file)]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT)
+    elapsed = time.perf_counter() - start
+    print(f"\n`python -m ecif.kit.params check` took {elapsed:.2f} s (interpreter start included)")
+    assert proc.returncode == 0, proc.stderr
+    first = ok_file.read_bytes()
+    good["noise"]["rate"] = 0.3  # another valid value: the marker stays byte-identical
+    params_file.write_text(yaml.safe_dump(good))
+    assert subprocess.run(cmd, capture_output=True, check=False, cwd=ROOT).returncode == 0
+    assert ok_file.read_bytes() == first == P.OK_TEXT.encode()
+    good["noise"]["rate"] = 1.5
+    params_file.write_text(yaml.safe_dump(good))
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT)
+    assert proc.returncode == 2 and "noise.rate = 1.5" in proc.stderr
+    assert not ok_file.exists()
+    params_file.write_text("noise: [unclosed\n")
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT)
+    assert proc.returncode == 2 and "not valid YAML" in proc.stderr
+
+
+def test_schema_agrees_with_the_data_modules() -> None:
+    from ecif.data import datasets, noise
+
+    assert P.DATASETS == datasets.EMBEDDED + datasets.TORCHVISION
+    assert P.EMBEDDED_DATASETS == datasets.EMBEDDED
+    assert P.NOISE_KINDS == noise.KINDS
+    assert datasets.load_dataset("shapes", sizes={"pretrain": 4, "train": 4, "val": 4, "test": 4}).spec.compositional
+    assert not datasets.load_dataset("digits", sizes={"pretrain": 4, "train": 4, "val": 4, "test": 4}).spec.compositional
+
+
+def _notebook_parameters() -> set[str]:
+    names: set[str] = set()
+    for nb in (ROOT / "notebooks").glob("*.ipynb"):
+        for cell in json.loads(nb.read_text())["cells"]:
+            if "parameters" in cell.get("metadata", {}).get("tags", []):
+                for node in ast.walk(ast.parse("".join(cell["source"]))):
+                    if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                        names.add(node.id)
+    return names
+
+
+def test_every_schema_key_is_a_notebook_parameter() -> None:
+    defined = _notebook_parameters()
+    for group, keys in P.SCHEMA.items():
+        for key in keys:
+            assert key in defined, f"{group}.{key} is in the schema but no notebook defines {key!r}"
+    assert set(P.OVERRIDES) <= defined
+
+
+def test_dvc_runs_the_check_first() -> None:
+    """Stage check_params reads every group, and every other stage depends on its marker."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    check = stages["check_params"]
+    assert check["cmd"].startswith("python -m ecif.kit.params check")
+    marker = next(iter(check["outs"][0])) if isinstance(check["outs"][0], dict) else check["outs"][0]
+    assert f"--ok-file {marker}" in check["cmd"]
+    assert set(check["params"]) == set(P.SCHEMA)
+    for name, stage in stages.items():
+        if name != "check_params":
+            assert marker in stage["deps"], f"stage {name} does not depend on {marker}"
