@@ -4,7 +4,7 @@
   split as P, every shift scenario as Q, for several shift seeds; EMID, its bound and the
   correlations across scenarios.
 * :func:`misalignment_experiment` (experiment B): one fit per (misalignment kind, rate) through
-  :func:`ecif.kit.pipeline.fit_corrupted`; the model's EMI on the clean test split, ECIF's
+  :func:`ecif.kit.problem.fit_corrupted`; the model's EMI on the clean test split, ECIF's
   detection precision@k (k = number injected) on its train split, and the EMI after refitting
   without ECIF's top-k, a random k and the oracle set (the misaligned pairs); plus what the
   bound's input terms and the pair-level MI see of the corrupted *training* pairs.
@@ -48,13 +48,14 @@ def setup(dataset: str, data_root: str, encoder_dir: str, embedder: str = "fixed
 
 
 def fit_model(dataset, data_root, encoder_dir, kind: str, rate: float, noise_seed: int, fit_kw: dict):
-    """``(fitted, info)`` of one (kind, rate) cell (features in a temporary folder)."""
-    from ecif.kit import pipeline
+    """``(fitted, info)`` of one (kind, rate) cell (features in a temporary folder); ``fit_kw``
+    are the fields of :class:`~ecif.kit.problem.FitSettings` (the ``finetune`` group)."""
+    from ecif.kit.problem import FitSettings, fit_corrupted
 
     noise_kind, systematic = _kind(kind)
     with tempfile.TemporaryDirectory() as fd:
-        fitted, info = pipeline.fit_corrupted(dataset, data_root, encoder_dir, fd, kind=noise_kind, rate=rate,
-                                              noise_seed=noise_seed, systematic=systematic, **fit_kw)
+        fitted, info = fit_corrupted(dataset, data_root, encoder_dir, fd, kind=noise_kind, rate=rate,
+                                     noise_seed=noise_seed, systematic=systematic, settings=FitSettings(**fit_kw))
     return fitted, info
 
 
@@ -78,8 +79,6 @@ def misalignment_experiment(ds, emb, q, data_root: str, encoder_dir: str, kinds,
     (kind, rate > 0) of :func:`~ecif.experiments.emi_study.marginal_check` on the train split;
     ``fits``: (kind, rate) -> the fit (the clean fit, rate 0, is shared by every kind)."""
     from ecif.core.evaluate import validation_gradient
-    from ecif.core.influence import ECIF
-    from ecif.core.solvers import DenseSolver
     from ecif.data.noise import inject
     from ecif.experiments import detection
 
@@ -98,7 +97,7 @@ def misalignment_experiment(ds, emb, q, data_root: str, encoder_dir: str, kinds,
             row = {"kind": kind, "rate": rate, "n_misaligned": int(prob.mask.sum()), "emi": ev["emi"],
                    "accuracy": ev["accuracy"], "dmi_emi": ev["dmi_model"] - ev["dmi_reference"]}
             if prob.mask.any():
-                engine = ECIF(prob.objective, theta, solver=DenseSolver(fitted.hessian))
+                engine = fitted.engine()
                 scores = detection.detection_scores(engine, validation_gradient(prob.val, theta),
                                                     methods=("ecif", "random"), seed=seed)
                 table = detection.detection_table(scores, prob.mask).set_index("method")

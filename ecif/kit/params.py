@@ -44,6 +44,8 @@ COMPOSITIONAL_DATASETS = ("shapes",)  # captions built from several attributes: 
 NOISE_KINDS = ("shuffle", "label_flip", "attribute_swap")
 GRID_KINDS = NOISE_KINDS + ("systematic_swap",)  # systematic_swap = attribute_swap, the same swap everywhere
 FIT_METHODS = ("newton", "newton-cg", "auto")
+VISUAL_SHIFTS = ("blur", "noise", "dropout")  # ecif.data.shifts.VISUAL
+TEXT_SHIFTS = ("typo", "synonym", "token_dropout", "retemplate")  # ecif.data.shifts.TEXT
 
 OK_TEXT = "ok: params.yaml passed the schema check of ecif/kit/params.py\n"
 
@@ -262,6 +264,29 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "top": Int("traced pairs shown per item", 4, ge=1),
     },
     "summary": {},
+    "emi": {
+        "dataset": Choice("data set of the EMI stage (re-templating and systematic swaps need attributes)",
+                          COMPOSITIONAL_DATASETS),
+        "encoder_dir": Text("frozen backbone of the models under test", "artifacts/encoder_shapes"),
+        "embedder": Choice("embeddings of the estimators", ("fixed", "reference")),
+        "pool": Int("pooled image side of the fixed embedder", 4, ge=1),
+        "ridge": Num("ridge of the linear-Gaussian CLUB fits", 0.01, gt=0),
+        "bound_form": Choice("form of the EMID bound", ("scale_adjusted", "theoretical")),
+        "visual": ListOf("visual test-time shifts", Choice("shift", VISUAL_SHIFTS), ["blur"], unique=True),
+        "text": ListOf("text test-time shifts", Choice("shift", TEXT_SHIFTS), ["typo"], unique=True),
+        "levels": ListOf("shift levels", Int("level", 1, ge=1, le=3), [1, 2, 3], unique=True),
+        "joint": ListOf("joint (visual, text) shift scenarios",
+                        ListOf("a visual and a text shift", Choice("shift", VISUAL_SHIFTS + TEXT_SHIFTS),
+                               ["blur", "typo"], unique=True), [["blur", "typo"]], min_len=0),
+        "joint_level": Int("level of the joint shifts", 2, ge=1, le=3),
+        "shift_seeds": ListOf("seeds of the shift grid", Int("seed", 0, **SEED), [0], unique=True),
+        "n_boot": Int("bootstrap resamples of the correlation intervals", 1000, ge=10),
+        "kinds": ListOf("misalignment kinds of experiment B", Choice("kind", ("shuffle", "systematic_swap")),
+                        ["shuffle"], unique=True),
+        "rates": ListOf("misalignment rates of experiment B (0: the clean fit)", Num("rate", 0.1, ge=0, lt=1),
+                        [0.0, 0.2], unique=True),
+        "noise_seed": Int("which pairs are corrupted in experiment B", 0, **SEED),
+    },
 }
 
 #: Optional top-level groups (the runner's notebook map: stage -> notebook name).

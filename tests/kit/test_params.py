@@ -146,8 +146,10 @@ def test_command_line_and_marker(tmp_path: Path, good: dict) -> None:
 
 
 def test_schema_agrees_with_the_data_modules() -> None:
-    from ecif.data import datasets, noise
+    from ecif.data import datasets, noise, shifts
 
+    assert P.VISUAL_SHIFTS == shifts.VISUAL and P.TEXT_SHIFTS == shifts.TEXT
+    assert set(shifts.LEVELS["blur"]) and all(len(v) == 3 for v in shifts.LEVELS.values())  # levels 1..3
     assert P.DATASETS == datasets.EMBEDDED + datasets.TORCHVISION
     assert P.EMBEDDED_DATASETS == datasets.EMBEDDED
     assert P.NOISE_KINDS == noise.KINDS
