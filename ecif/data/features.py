@@ -208,16 +208,6 @@ def load_features(folder: str | Path) -> dict:
     return feats
 
 
-def zero_shot_accuracy(feats: dict, split: str = "test") -> float:
-    """Zero-shot accuracy on ``split`` from cached features: argmax over classes of the cosine
-    between ``x @ W_img.T`` and ``class_text @ W_txt.T``."""
-    u = feats[f"x_{split}"] @ feats["W_img"].T
-    v = feats["class_text"] @ feats["W_txt"].T
-    u /= np.linalg.norm(u, axis=1, keepdims=True)
-    v /= np.linalg.norm(v, axis=1, keepdims=True)
-    return float(np.mean(np.argmax(u @ v.T, axis=1) == feats[f"labels_{split}"]))
-
-
 def main(argv: list[str] | None = None) -> None:
     """``python -m ecif.data.features extract --dataset digits --data data --encoder artifacts/encoder
     [--noise artifacts/noise] --out artifacts/features``."""
@@ -247,8 +237,6 @@ def main(argv: list[str] | None = None) -> None:
     corruption = load_corruption(args.noise) if args.noise else None
     feats = extract_features(model, tok, ds, corruption, batch_size=args.batch_size)
     save_features(args.out, feats)
-    if "class_text" in feats:
-        print(f"zero-shot test accuracy {zero_shot_accuracy(feats):.4f}")
     print(f"wrote features to {args.out}")
 
 

@@ -67,6 +67,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ecif.core.terms import DTYPE
+
 __all__ = [
     "GaussianConditional",
     "fit_linear_gaussian",
@@ -84,7 +86,6 @@ __all__ = [
     "BOUND_FORMS",
 ]
 
-DTYPE = torch.float64
 BOUND_FORMS = ("scale_adjusted", "theoretical")
 
 

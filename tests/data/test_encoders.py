@@ -8,7 +8,9 @@ import torch
 
 from ecif.data import encoders as E
 from ecif.data.datasets import digits
-from ecif.data.features import extract_features, zero_shot_accuracy
+from ecif.core.heads import LinearHeads
+from ecif.data.features import extract_features
+from ecif.experiments.zeroshot import ZeroShotSet
 
 TINY = dict(width=16, layers=1, heads=2, embed_dim=16)
 
@@ -40,7 +42,8 @@ def test_default_encoder_beats_chance_on_digits(tmp_path):
     for k, v in E.trained_state(model).items():
         assert torch.equal(v, E.trained_state(loaded)[k]), k
     feats = extract_features(loaded, tok2, ds, splits=("test",), progress=False)
-    acc = zero_shot_accuracy(feats, "test")
+    heads = LinearHeads(feats["W_img"], feats["W_txt"], float(feats["log_logit_scale"]))  # the encoder's own projections
+    acc = ZeroShotSet(feats["x_test"], feats["class_text"], feats["labels_test"]).accuracy(heads, heads.theta0)
     print(f"\nzero-shot accuracy on digits test: {acc:.4f} (chance 0.10); training {rec['train_seconds']} s")
     assert acc > 0.8
 
