@@ -46,6 +46,13 @@ def _batch_loss(block: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(block, target, reduction="sum") + F.cross_entropy(block.T, target, reduction="sum")
 
 
+def _per_block(s: torch.Tensor, per_pair) -> torch.Tensor:
+    """(3, 5) reference: ``per_pair(block, j)`` for every kept slot ``j`` of every batch's
+    unpadded block of ``s``."""
+    blocks = [_block(s, m_idx) for m_idx in range(3)]
+    return _per_slot([torch.stack([torch.as_tensor(per_pair(b, j)) for j in range(b.shape[0])]) for b in blocks])
+
+
 def _per_slot(values_by_batch) -> torch.Tensor:
     """(3, 5) tensor from per-batch lists of values at the kept slots (0 elsewhere)."""
     out = torch.zeros(KEEP.shape, dtype=DTYPE)
@@ -86,13 +93,12 @@ def test_softmaxes_are_per_batch_softmaxes():
 def test_pos_is_the_own_infonce_terms():
     s, _, m = _inputs()
     pos = terms.pos(s, m)
-    ref = []
-    for m_idx in range(3):
-        block = _block(s, m_idx)
-        target = torch.arange(block.shape[0])
-        ref.append(F.cross_entropy(block, target, reduction="none")
-                   + F.cross_entropy(block.T, target, reduction="none"))
-    torch.testing.assert_close(pos, _per_slot(ref), rtol=1e-13, atol=1e-13)
+
+    def own_terms(block, j):
+        return (F.cross_entropy(block[j:j + 1], torch.tensor([j]), reduction="sum")
+                + F.cross_entropy(block.T[j:j + 1], torch.tensor([j]), reduction="sum"))
+
+    torch.testing.assert_close(pos, _per_block(s, own_terms), rtol=1e-13, atol=1e-13)
     torch.testing.assert_close(pos.sum(), sum(_batch_loss(_block(s, i)) for i in range(3)), rtol=1e-13, atol=0)
 
 
@@ -100,16 +106,12 @@ def test_pos_plus_negexact_is_exact_removal():
     """Deleting k's row and column from its batch lowers the batch loss by Pos_k + NegExact_k."""
     s, _, m = _inputs()
     t = terms.slot_terms(s, m)
-    ref = []
-    for m_idx in range(3):
-        block = _block(s, m_idx)
-        full = _batch_loss(block)
-        drops = []
-        for j in range(block.shape[0]):
-            rest = [i for i in range(block.shape[0]) if i != j]
-            drops.append(full - _batch_loss(block[rest][:, rest]))
-        ref.append(drops)
-    torch.testing.assert_close(t["pos"] + t["negexact"], _per_slot(ref), rtol=1e-12, atol=1e-12)
+
+    def drop(block, j):
+        rest = [i for i in range(block.shape[0]) if i != j]
+        return _batch_loss(block) - _batch_loss(block[rest][:, rest])
+
+    torch.testing.assert_close(t["pos"] + t["negexact"], _per_block(s, drop), rtol=1e-12, atol=1e-12)
 
 
 def test_neg_is_the_zeta_derivative():
@@ -118,19 +120,15 @@ def test_neg_is_the_zeta_derivative():
     negative to first order)."""
     s, _, m = _inputs()
     t = terms.slot_terms(s, m)
-    ref = []
-    for m_idx in range(3):
-        block = _block(s, m_idx)
-        slopes = []
-        for j in range(block.shape[0]):
-            hit = torch.zeros_like(block, dtype=torch.bool)
-            hit[j, :] = True
-            hit[:, j] = True
-            one = torch.ones((), dtype=DTYPE)
-            _, slope = jvp(lambda z: _batch_loss(block + torch.log(z) * hit), (one,), (one,))
-            slopes.append(slope)
-        ref.append(torch.stack(slopes))
-    torch.testing.assert_close(t["neg"], _per_slot(ref), rtol=1e-13, atol=1e-13)
+
+    def slope(block, j):
+        hit = torch.zeros_like(block, dtype=torch.bool)
+        hit[j, :] = True
+        hit[:, j] = True
+        one = torch.ones((), dtype=DTYPE)
+        return jvp(lambda z: _batch_loss(block + torch.log(z) * hit), (one,), (one,))[1]
+
+    torch.testing.assert_close(t["neg"], _per_block(s, slope), rtol=1e-13, atol=1e-13)
     assert (t["neg"][KEEP] > 0).all()
 
 
