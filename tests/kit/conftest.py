@@ -64,26 +64,43 @@ def _expand(name: str, stage: dict, params: dict) -> list[tuple[str, dict]]:
     return cells
 
 
-@pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pipeline")
+def run_pipeline(root: Path, overrides: dict, stages: list[str] | None = None,
+                 data: dict[str, Path] | None = None) -> Path:
+    """Run the stage commands of ``dvc.yaml`` in order in a fresh project copy under ``root``.
+
+    ``overrides``: ``{group: {key: value}}`` merged into a copy of ``params.yaml``; ``stages``:
+    the stage names to run (``None``: all; a ``matrix`` stage is named without its ``@cell``);
+    ``data``: extra folders linked into the copy (``{relative path: source}``) for data sets that
+    are not embedded. Asserts that each stage exits 0 and writes every declared output.
+    """
+    root.mkdir(parents=True, exist_ok=True)
     shutil.copytree(ROOT / "notebooks", root / "notebooks")
     shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for group, values in TINY.items():
+    for group, values in overrides.items():
         params[group].update(values)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    if (ROOT / "data" / params["common"]["dataset"]).is_dir():
-        (root / "data").symlink_to(ROOT / "data", target_is_directory=True)
-    else:  # data not pulled: the embedded data sets are rebuilt in memory
+    (root / "data").mkdir()
+    for name in ("digits", "shapes"):
+        if (ROOT / "data" / name).is_dir():
+            (root / "data" / name).symlink_to(ROOT / "data" / name, target_is_directory=True)
+    if not all((root / "data" / name).exists() for name in ("digits", "shapes")):
+        # data not pulled: the embedded data sets are rebuilt from the package
         from ecif.data.datasets import write_embedded
 
+        for name in ("digits", "shapes"):
+            if (root / "data" / name).is_symlink():
+                (root / "data" / name).unlink()
         write_embedded(root / "data")
+    for rel, source in (data or {}).items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).symlink_to(Path(source).resolve(), target_is_directory=Path(source).is_dir())
 
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    expanded = [cell for n, st in stages.items() for cell in _expand(n, st, params)]
+    dvc_stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    expanded = [cell for n, st in dvc_stages.items() if stages is None or n in stages
+                for cell in _expand(n, st, params)]
     for name, stage in expanded:
         proc = subprocess.run(
             shlex.split(stage["cmd"]),
@@ -101,3 +118,8 @@ def smoke_run(tmp_path_factory) -> Path:
             path = next(iter(out)) if isinstance(out, dict) else out
             assert (root / path).exists(), f"stage {name} did not write {path}"
     return root
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> Path:
+    return run_pipeline(tmp_path_factory.mktemp("pipeline") / "project", TINY)
