@@ -4,6 +4,11 @@ Every function here is pure (DataFrames and dicts in, DataFrames, dicts and mark
 notebooks call them and write the results. Metric keys never contain dots, because DVC
 flattens nested metrics with ``.`` (``lam 0.03 -> "lam_3e-02"``, ``rate 0.1 -> "rate_10pct"``).
 
+Wall-clock timings are volatile: a stage whose numbers are unchanged would still rewrite its
+outputs (and DVC rerun everything downstream) if they held times. So timings live only in the
+metrics files, under a top-level ``"time"`` group whose keys end in ``_s``; tables go through
+:func:`split_timings` before they are written or shown.
+
 Detection metrics are the four of :func:`ecif.experiments.metrics.detection_metrics`
 (``DETECTION_KEYS``); "higher score = more suspicious" throughout.
 """
@@ -16,6 +21,8 @@ import pandas as pd
 __all__ = [
     "DETECTION_KEYS",
     "metric_key",
+    "is_timing",
+    "split_timings",
     "rate_key",
     "detection_metrics_dict",
     "sweep_long_table",
@@ -49,6 +56,37 @@ def metric_key(name: str, value) -> str:
 def rate_key(rate: float) -> str:
     """``"rate_10pct"`` for a noise rate of 0.1 (a dot-free metric key)."""
     return f"rate_{round(100 * rate)}pct"
+
+
+def is_timing(name) -> bool:
+    """A wall-clock timing: the column or key ``seconds`` or one ending in ``_s``."""
+    name = str(name)
+    return name == "seconds" or name.endswith("_s")
+
+
+def split_timings(data, by=None):
+    """Move the timings (:func:`is_timing`) out of a table or a dict, for the ``"time"`` group.
+
+    A dict: returns ``(dict without the timing keys, {key: value} of them)``. A DataFrame:
+    returns ``(table without the timing columns, totals and medians)``; a column ``x_s`` gives
+    ``x_total_s`` and ``x_median_s``, a column ``seconds`` gives ``total_s`` and ``median_s``;
+    with ``by`` (a column name), one such dict per group: ``{str(group): {...}}``.
+    """
+    if not isinstance(data, pd.DataFrame):
+        return ({k: v for k, v in data.items() if not is_timing(k)},
+                {str(k): float(v) for k, v in data.items() if is_timing(k)})
+    columns = [c for c in data.columns if is_timing(c)]
+
+    def aggregate(frame: pd.DataFrame) -> dict:
+        out = {}
+        for c in columns:
+            stem = "" if c == "seconds" else str(c)[:-2] + "_"
+            out[f"{stem}total_s"] = float(frame[c].sum())
+            out[f"{stem}median_s"] = float(frame[c].median())
+        return out
+
+    times = aggregate(data) if by is None else {str(g): aggregate(grp) for g, grp in data.groupby(by, sort=False)}
+    return data.drop(columns=columns), times
 
 
 def _nan_to_zero(x) -> float:
@@ -224,8 +262,9 @@ def cleaning_summary(clean: pd.DataFrame) -> pd.DataFrame:
     return clean.groupby("method", sort=False)[["accuracy", "n_misaligned_removed"]].agg(["mean", "std"])
 
 
+#: The editing table's columns averaged per (set kind, variant); no timings (see split_timings).
 EDIT_COLUMNS = ("acc_edited", "acc_retrained", "predicted_val_change", "edited_val_change",
-                "actual_val_change", "shift_rel_error", "edit_s", "retrain_s")
+                "actual_val_change", "shift_rel_error")
 
 
 def editing_summary(edit: pd.DataFrame) -> pd.DataFrame:
