@@ -51,9 +51,11 @@ class FitResult:
     seconds: float
 
     def summary(self) -> dict:
-        """JSON-friendly summary (everything but ``theta``)."""
+        """JSON-friendly summary: everything but ``theta`` and the wall-clock ``seconds`` (saved
+        with the fit, so it depends only on the inputs; timings go to the metrics' ``time``)."""
         d = asdict(self)
         d.pop("theta")
+        d.pop("seconds")
         return d
 
 

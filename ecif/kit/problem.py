@@ -223,7 +223,8 @@ def fit_corrupted(
     Returns ``(fitted, info)``: the fit with its Hessian, and ``info`` with ``n_train``,
     ``n_misaligned``, ``fit_grad_norm``, ``fit_converged``, ``min_eigenvalue``,
     ``zero_shot_{base,fitted}`` (nan without a labelled test set) and the seconds spent in
-    ``features_s`` and ``fit_s``. Raises ``RuntimeError`` when the fit does not reach
+    ``features_s`` and ``fit_s`` (timings: :func:`ecif.kit.reports.split_timings` moves them to
+    the metrics' ``time`` group). Raises ``RuntimeError`` when the fit does not reach
     ``settings.gtol``.
     """
     from ecif.core.fit import fit

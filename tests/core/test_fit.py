@@ -30,6 +30,8 @@ def test_unconverged_fit_warns_and_flags():
     with pytest.warns(ConvergenceWarning, match="did not converge"):
         res = fit(obj, max_iter=1)
     assert not res.converged and res.grad_norm > res.gtol and res.summary()["converged"] is False
+    # the summary is saved with the fit (fit.json): no wall-clock time in it, only on the result
+    assert res.seconds >= 0 and "seconds" not in res.summary() and "theta" not in res.summary()
 
 
 def test_preconditioned_refit_equals_plain_refit():
