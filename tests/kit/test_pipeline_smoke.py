@@ -6,8 +6,10 @@ here are on the metrics files the notebooks write.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,16 @@ def _metrics(root: Path, name: str) -> dict:
     return _flat(json.loads((root / "metrics" / f"{name}.json").read_text()))
 
 
+def _is_timing(name: str) -> bool:
+    return "second" in name or name.endswith("_s")
+
+
+# the EMI stage moves its timings to its metrics' "time" group in a change of its own
+_EMI = ("emi_", "11_emi")
+# wall-clock times in a notebook's outputs: "1.2 s", "seconds", identifiers like fit_s, edit_s
+_TIME_OUTPUT = re.compile(r"\d s\b|\bseconds\b|\b[a-z][a-z0-9_]*_s\b")
+
+
 @pytest.mark.slow
 def test_every_notebook_executed(smoke_run: Path) -> None:
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
@@ -43,6 +55,44 @@ def test_every_notebook_executed(smoke_run: Path) -> None:
             continue
         assert (smoke_run / "reports" / nb.name).is_file()
         assert (smoke_run / "reports" / nb.with_suffix(".html").name).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_timings_only_in_the_metrics_time_groups(smoke_run: Path) -> None:
+    """A rerun with the same numbers leaves every non-metric output byte-identical, so DVC
+    reruns nothing downstream: wall-clock times live only under "time" in metrics/*.json."""
+    fit = _flat(json.loads((smoke_run / "artifacts" / "finetune" / "fit.json").read_text()))
+    assert not [k for k in fit if _is_timing(k.rsplit(".", 1)[-1])], fit
+    tables = sorted((smoke_run / "plots").glob("*.csv")) + sorted((smoke_run / "reports" / "tables").glob("*.csv"))
+    assert tables
+    for table in tables:
+        if not table.name.startswith(_EMI):
+            with table.open(newline="") as f:
+                header = next(csv.reader(f))
+            assert not [c for c in header if _is_timing(c)], (table.name, header)
+    for md in sorted((smoke_run / "reports" / "tables").glob("*.md")):
+        cells = {c.strip() for line in md.read_text().splitlines() if line.startswith("|") for c in line.split("|")}
+        assert not [c for c in cells if _is_timing(c)], md.name
+    notebooks = sorted((smoke_run / "reports").glob("*.ipynb"))
+    assert len(notebooks) > 10
+    for path in notebooks:
+        if path.name.startswith(_EMI):
+            continue
+        for cell in json.loads(path.read_text())["cells"]:
+            for out in cell.get("outputs", []):
+                text = "".join(out.get("text", [])) + "".join(
+                    "".join(v) for k, v in out.get("data", {}).items() if k.startswith("text/"))
+                found = _TIME_OUTPUT.findall(text)
+                assert not found, (path.name, found, "".join(cell["source"])[:200])
+    for name in ("finetune", "loo", "cleaning", "detection_sweep/systematic_swap_0.2_1"):
+        m = _metrics(smoke_run, name)
+        timings = [k for k in m if _is_timing(k.rsplit(".", 1)[-1])]
+        assert timings and all(k.startswith("time.") for k in timings), (name, timings)
+    m = _metrics(smoke_run, "finetune")
+    assert m["time.fit_s"] > 0 and m["time.hessian_s"] > 0
+    m = _metrics(smoke_run, "cleaning")
+    assert m["time.cleaning.random.total_s"] >= m["time.cleaning.random.median_s"] > 0
+    assert m["time.editing.ecif.retrain_median_s"] > 0 and m["time.editing.newton.edit_median_s"] > 0
 
 
 @pytest.mark.slow
