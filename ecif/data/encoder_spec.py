@@ -46,7 +46,7 @@ class WeightsUnavailableError(FileNotFoundError):
 
 def _download_hint(arch: str, tag: str) -> str:
     return (f"on a machine with internet run `python -c \"import open_clip; open_clip.create_model_and_transforms("
-            f"'{arch}', pretrained='{tag}')\"` and copy the downloaded file here")
+            f"'{arch}', pretrained='{tag}')\"` and copy what it downloaded to the same cache folder here")
 
 
 def _looks_like_path(text: str) -> bool:

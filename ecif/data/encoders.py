@@ -419,11 +419,11 @@ def cached_pretrained(arch: str, tag: str, cache_dir: str | Path | None = None, 
     local = _cached_checkpoint(cfg, cache_dir)
     if local is not None:
         return local
-    source = f"Hugging Face repo {cfg['hf_hub']!r}" if cfg.get("hf_hub") else f"URL {cfg.get('url', '?')}"
+    source = f"Hugging Face repo {cfg['hf_hub'].rstrip('/')!r}" if cfg.get("hf_hub") else f"URL {cfg.get('url', '?')}"
     raise WeightsUnavailableError(
         f"{what + ': ' if what else ''}pretrained weights {arch} / {tag} ({source}) are not available offline: "
-        f"looked in {_cache_places(cfg, cache_dir)} and found nothing. Provide them: (a) {_download_hint(arch, tag)} "
-        f"(the same cache folder), or (b) place the checkpoint file anywhere and use it as a local checkpoint: "
+        f"looked in {_cache_places(cfg, cache_dir)} and found nothing. Provide them: (a) {_download_hint(arch, tag)}, "
+        f"or (b) place the checkpoint file anywhere and use it as a local checkpoint: "
         f"common.encoder: {arch}:/path/to/open_clip_pytorch_model.bin (load_pretrained('{arch}', path)), or (c) with "
         f"network on this machine, set ECIF_ALLOW_DOWNLOAD=1 (and leave HF_HUB_OFFLINE unset)."
     )

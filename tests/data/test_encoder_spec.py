@@ -97,3 +97,18 @@ def test_one_loader_for_a_folder_and_a_checkpoint_file(tmp_path) -> None:
     # the encoder stage ran for another model: refuse rather than mix
     with pytest.raises(ValueError, match="rerun the encoder stage"):
         E.load_encoder("embedded", tmp_path / "enc")
+
+
+def test_a_tag_is_found_in_the_local_hugging_face_cache(tmp_path) -> None:
+    """Offline, ARCH:TAG resolves to the file a previous download left in the cache (no network)."""
+    repo = tmp_path / "hub" / "models--laion--CLIP-ViT-B-32-laion2B-s34B-b79K"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    snap = repo / "snapshots" / "0123abcd"
+    snap.mkdir(parents=True)
+    (snap / "open_clip_model.safetensors").write_bytes(b"stand-in weights")
+    found = check_available("ViT-B-32:laion2b_s34b_b79k", cache_dir=tmp_path / "hub")
+    assert found == snap / "open_clip_model.safetensors"
+    record = E.encoder_record("ViT-B-32:laion2b_s34b_b79k", cache_dir=tmp_path / "hub")
+    assert record["kind"] == "tag" and record["arch"] == "ViT-B-32" and record["tag"] == "laion2b_s34b_b79k"
+    assert record["checkpoint"] == str(found) and record["checkpoint_bytes"] == len(b"stand-in weights")
