@@ -124,7 +124,8 @@ def folder_weights(folder: Path) -> Path | None:
 
 
 def check_available(spec: EncoderSpec | str, cache_dir: str | Path | None = None) -> Path | None:
-    """The local weights file of ``spec`` (None for ``embedded``: the encoder stage trains it).
+    """The local weights file of ``spec`` (None for ``embedded``: the encoder stage trains it; and
+    for a tag not yet downloaded when :func:`downloads_allowed`).
 
     Files and folders are checked first, without importing anything heavy; a tag (or the
     architecture of a file) needs open_clip's registry, imported here.
@@ -176,4 +177,15 @@ def check_available(spec: EncoderSpec | str, cache_dir: str | Path | None = None
                          f"(for another architecture give the PATH of a folder holding {CONFIG_NAME} and its weights)")
     if spec.kind == "file":
         return spec.resolved_path()
-    return Path(cached_pretrained(spec.arch, spec.tag, cache_dir, what=key))
+    try:
+        return Path(cached_pretrained(spec.arch, spec.tag, cache_dir, what=key))
+    except WeightsUnavailableError:
+        if downloads_allowed():
+            return None  # fetched when the model is first loaded
+        raise
+
+
+def downloads_allowed() -> bool:
+    """True only with ``ECIF_ALLOW_DOWNLOAD=1`` and ``HF_HUB_OFFLINE`` not ``1``: then a tag that is
+    not in the cache is downloaded when first loaded instead of refused."""
+    return os.environ.get("ECIF_ALLOW_DOWNLOAD") == "1" and os.environ.get("HF_HUB_OFFLINE") != "1"

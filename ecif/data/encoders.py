@@ -504,6 +504,9 @@ def encoder_record(spec: EncoderSpec | str, cache_dir: str | Path | None = None)
     if not spec.pretrained:
         raise ValueError("the embedded encoder is trained by the encoder stage (train_default), it has no pretrained record")
     weights = check_available(spec, cache_dir)
+    if weights is None:  # a tag, downloads allowed: fetch it now, then record the cached file
+        load_pretrained(spec.arch, spec.tag, cache_dir)
+        weights = Path(cached_pretrained(spec.arch, spec.tag, cache_dir))
     record = {"encoder": spec.text, "kind": spec.kind, "description": spec.describe(), "arch": spec.arch,
               "tag": spec.tag, "path": spec.path, "checkpoint": str(weights),
               "checkpoint_bytes": weights.stat().st_size, "checkpoint_sha256": _sha256(weights),
@@ -552,12 +555,13 @@ def load_encoder(spec: EncoderSpec | str, encoder_dir: str | Path | None = None,
             raise ValueError("the embedded encoder needs encoder_dir, the folder written by the encoder stage")
         model, tokenizer, record = load_default(encoder_dir)
     else:
-        weights = check_available(spec, cache_dir)
+        weights = check_available(spec, cache_dir)  # None: a tag still to be downloaded
         if spec.kind == "folder":
             model, tokenizer = load_folder(weights.parent)
         else:
             model, tokenizer = load_pretrained(spec.arch, spec.tag or str(weights), cache_dir)
-        record = record or {"encoder": spec.text, "kind": spec.kind, "checkpoint": str(weights), "trained": False}
+        record = record or {"encoder": spec.text, "kind": spec.kind, "checkpoint": None if weights is None else str(weights),
+                            "trained": False}
     return model.to(device).eval(), tokenizer, record
 
 

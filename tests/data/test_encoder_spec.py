@@ -112,3 +112,12 @@ def test_a_tag_is_found_in_the_local_hugging_face_cache(tmp_path) -> None:
     record = E.encoder_record("ViT-B-32:laion2b_s34b_b79k", cache_dir=tmp_path / "hub")
     assert record["kind"] == "tag" and record["arch"] == "ViT-B-32" and record["tag"] == "laion2b_s34b_b79k"
     assert record["checkpoint"] == str(found) and record["checkpoint_bytes"] == len(b"stand-in weights")
+
+
+def test_downloads_allowed_lets_an_uncached_tag_through(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("ECIF_ALLOW_DOWNLOAD", "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert check_available("ViT-B-32:laion2b_s34b_b79k", cache_dir=tmp_path / "hub") is None  # fetched at load
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline wins
+    with pytest.raises(WeightsUnavailableError):
+        check_available("ViT-B-32:laion2b_s34b_b79k", cache_dir=tmp_path / "hub")
