@@ -231,7 +231,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "threads": Int("torch CPU threads", 1, ge=1),
         "encoder": Text(ENCODER_MEANING, "embedded", validator=_encoder_form,
                         hint="examples: " + ", ".join(ENCODER_EXAMPLES)),
-        "device": Choice("torch device of feature extraction and the fit", DEVICES),
+        "device": Choice("torch device of the feature extraction (the fit stays on the CPU, float64)", DEVICES),
     },
     "noise": {
         "kind": Choice("how train pairs are made misaligned", NOISE_KINDS),
