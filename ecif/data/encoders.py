@@ -17,6 +17,11 @@ deterministic algorithms, a fixed number of CPU threads). The checkpoint holds o
 tensors (``encoder.safetensors``) plus ``encoder.json`` (config and training record); the
 MiniLM weights come from the package at load time.
 
+``load_encoder(spec, encoder_dir, device)`` is the one loader of the pipeline: ``spec`` is the
+``common.encoder`` switch (:mod:`ecif.data.encoder_spec`: ``embedded``, ``ARCH:TAG``,
+``ARCH:PATH`` or a model folder); for a pretrained model the encoder stage trains nothing and
+only writes ``encoder.json`` (:func:`save_pretrained_record`).
+
 ``load_pretrained(arch, tag_or_path)`` builds any open_clip architecture with its weights.
 open_clip is imported lazily, by :func:`open_clip_module`, the first time a function needs it;
 that helper sets ``HF_HUB_OFFLINE=1`` first (unless ``ECIF_ALLOW_DOWNLOAD=1``), so missing
