@@ -17,6 +17,11 @@ deterministic algorithms, a fixed number of CPU threads). The checkpoint holds o
 tensors (``encoder.safetensors``) plus ``encoder.json`` (config and training record); the
 MiniLM weights come from the package at load time.
 
+``load_encoder(spec, encoder_dir, device)`` is the one loader of the pipeline: ``spec`` is the
+``common.encoder`` switch (:mod:`ecif.data.encoder_spec`: ``embedded``, ``ARCH:TAG``,
+``ARCH:PATH`` or a model folder); for a pretrained model the encoder stage trains nothing and
+only writes ``encoder.json`` (:func:`save_pretrained_record`).
+
 ``load_pretrained(arch, tag_or_path)`` builds any open_clip architecture with its weights.
 open_clip is imported lazily, by :func:`open_clip_module`, the first time a function needs it;
 that helper sets ``HF_HUB_OFFLINE=1`` first (unless ``ECIF_ALLOW_DOWNLOAD=1``), so missing
@@ -41,6 +46,7 @@ import torch
 import torch.nn.functional as F
 
 from ecif.data.datasets import Dataset, load_dataset
+from ecif.data.encoder_spec import EncoderSpec, WeightsUnavailableError, _download_hint, check_available
 
 
 def open_clip_module():
@@ -59,8 +65,6 @@ def open_clip_module():
     return open_clip
 
 
-class WeightsUnavailableError(FileNotFoundError):
-    """Pretrained weights were asked for but are neither on disk nor downloadable."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -394,6 +398,42 @@ def _cached_checkpoint(cfg: dict, cache_dir: str | Path | None) -> str | None:
     return None
 
 
+def _cache_places(cfg: dict, cache_dir: str | Path | None) -> str:
+    """Where :func:`_cached_checkpoint` looks for the download of pretrained config ``cfg``, in words."""
+    if cfg.get("hf_hub"):
+        from huggingface_hub import constants
+
+        where = str(cache_dir) if cache_dir is not None else constants.HF_HUB_CACHE
+        return f"the Hugging Face cache {where} (set HF_HUB_CACHE or HF_HOME to use another)"
+    return f"{Path(cache_dir or Path.home() / '.cache' / 'clip')}"
+
+
+def cached_pretrained(arch: str, tag: str, cache_dir: str | Path | None = None, what: str = "") -> str:
+    """The local file of open_clip's pretrained weights ``arch`` / ``tag`` (no network).
+
+    Raises:
+        ValueError: ``tag`` is not a pretrained tag of ``arch``.
+        WeightsUnavailableError: not in the cache; the message says where it looked and how to
+            provide the file.
+    """
+    open_clip = open_clip_module()
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if str(tag) not in tags:
+        raise ValueError(f"{what + ': ' if what else ''}{arch!r} has no pretrained tag {str(tag)!r}; available tags: {tags}")
+    cfg = open_clip.get_pretrained_cfg(arch, str(tag))
+    local = _cached_checkpoint(cfg, cache_dir)
+    if local is not None:
+        return local
+    source = f"Hugging Face repo {cfg['hf_hub'].rstrip('/')!r}" if cfg.get("hf_hub") else f"URL {cfg.get('url', '?')}"
+    raise WeightsUnavailableError(
+        f"{what + ': ' if what else ''}pretrained weights {arch} / {tag} ({source}) are not available offline: "
+        f"looked in {_cache_places(cfg, cache_dir)} and found nothing. Provide them: (a) {_download_hint(arch, tag)}, "
+        f"or (b) place the checkpoint file anywhere and use it as a local checkpoint: "
+        f"common.encoder: {arch}:/path/to/open_clip_pytorch_model.bin (load_pretrained('{arch}', path)), or (c) with "
+        f"network on this machine, set ECIF_ALLOW_DOWNLOAD=1 (and leave HF_HUB_OFFLINE unset)."
+    )
+
+
 def load_pretrained(arch: str, pretrained: str | Path, cache_dir: str | Path | None = None):
     """(model, tokenizer) of open_clip architecture ``arch`` with weights ``pretrained``: a tag
     from ``open_clip.list_pretrained_tags_by_model(arch)`` or a local checkpoint file.
@@ -405,39 +445,129 @@ def load_pretrained(arch: str, pretrained: str | Path, cache_dir: str | Path | N
     Raises:
         ValueError: unknown architecture or tag.
         WeightsUnavailableError: the weights are not on disk and cannot be downloaded; the
-            message names them and how to provide them.
+            message names them, where they were looked for and how to provide them.
     """
     open_clip = open_clip_module()
     if arch not in open_clip.list_models():
         raise ValueError(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
     p = Path(str(pretrained)).expanduser()
-    is_path = p.suffix in {".pt", ".pth", ".bin", ".safetensors"} or os.sep in str(pretrained)
+    is_path = p.suffix in {".pt", ".pth", ".bin", ".safetensors", ".ckpt"} or os.sep in str(pretrained)
     if is_path and not p.is_file():
         raise WeightsUnavailableError(f"checkpoint file {str(p)!r} for {arch} does not exist; pass an existing local checkpoint path or a pretrained tag")
-    source = str(p)
+    source, quick_gelu = str(p), False
     if not is_path:
-        tags = open_clip.list_pretrained_tags_by_model(arch)
-        if str(pretrained) not in tags:
-            raise ValueError(f"{arch!r} has no pretrained tag {str(pretrained)!r}; available tags: {tags}")
-        cfg = open_clip.get_pretrained_cfg(arch, str(pretrained))
-        where = f"Hugging Face repo {cfg['hf_hub']!r}" if cfg.get("hf_hub") else f"URL {cfg.get('url', '?')}"
-        hint = (
-            f"pretrained weights {arch} / {pretrained} ({where}) are not available offline. Provide them by passing a "
-            f"local checkpoint file as `pretrained` (e.g. the repo's open_clip_pytorch_model.bin), or a `cache_dir` that "
-            f"already holds the download (default: the Hugging Face cache / ~/.cache/clip), or by running once with "
-            f"network and ECIF_ALLOW_DOWNLOAD=1 (and HF_HUB_OFFLINE unset)."
-        )
-        local = _cached_checkpoint(cfg, cache_dir)
-        if local is None and _offline():
-            raise WeightsUnavailableError(hint)
-        source = local or str(pretrained)
+        # the tag itself goes to open_clip (its preprocessing and QuickGELU flag come with it);
+        # offline, its download is looked up in the cache first, so a missing one fails here
+        source = str(pretrained)
+        try:
+            cached_pretrained(arch, source, cache_dir)
+        except WeightsUnavailableError:
+            if _offline():
+                raise
+        quick_gelu = bool(open_clip.get_pretrained_cfg(arch, source).get("quick_gelu", False))
     try:
-        model = open_clip.create_model(arch, pretrained=source, cache_dir=None if cache_dir is None else str(cache_dir))
+        model = open_clip.create_model(arch, pretrained=source, cache_dir=None if cache_dir is None else str(cache_dir),
+                                       force_quick_gelu=quick_gelu)
     except Exception as e:  # download errors when downloads are allowed
         if is_path:
             raise
-        raise WeightsUnavailableError(f"{hint} ({type(e).__name__}: {str(e)[:200]})") from e
+        raise WeightsUnavailableError(f"pretrained weights {arch} / {pretrained} could not be downloaded ({type(e).__name__}: {str(e)[:200]})") from e
     return model.eval(), open_clip.get_tokenizer(arch)
+
+
+def load_folder(folder: str | Path):
+    """(model, tokenizer) of an open_clip model folder: ``open_clip_config.json`` + weights
+    (the layout of open_clip's Hugging Face repositories), any architecture."""
+    open_clip = open_clip_module()
+    folder = Path(folder).expanduser().absolute()
+    name = f"local-dir:{folder}"
+    return open_clip.create_model(name).eval(), open_clip.get_tokenizer(name)
+
+
+# --------------------------------------------------------------------------------------------
+# the switch: one loader for every stage
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def encoder_record(spec: EncoderSpec | str, cache_dir: str | Path | None = None) -> dict:
+    """What ``artifacts/encoder/encoder.json`` says of a pretrained encoder: the spec, its kind,
+    architecture, tag, checkpoint file with its size and sha256, and that nothing was trained.
+
+    Checks availability first (:func:`ecif.data.encoder_spec.check_available`). No timestamps,
+    so the record, hence DVC's hash of it, changes only when the weights do.
+    """
+    spec = EncoderSpec.parse(spec)
+    if not spec.pretrained:
+        raise ValueError("the embedded encoder is trained by the encoder stage (train_default), it has no pretrained record")
+    weights = check_available(spec, cache_dir)
+    if weights is None:  # a tag, downloads allowed: fetch it now, then record the cached file
+        load_pretrained(spec.arch, spec.tag, cache_dir)
+        weights = Path(cached_pretrained(spec.arch, spec.tag, cache_dir))
+    record = {"encoder": spec.text, "kind": spec.kind, "description": spec.describe(), "arch": spec.arch,
+              "tag": spec.tag, "path": spec.path, "checkpoint": str(weights),
+              "checkpoint_bytes": weights.stat().st_size, "checkpoint_sha256": _sha256(weights),
+              "trained": False, "training": None}
+    if spec.kind == "folder":
+        config = weights.parent / "open_clip_config.json"
+        record["config_sha256"] = _sha256(config)
+        record["model_cfg"] = json.loads(config.read_text()).get("model_cfg")
+    return record
+
+
+def save_pretrained_record(spec: EncoderSpec | str, out_dir: str | Path, cache_dir: str | Path | None = None) -> dict:
+    """The encoder stage for a pretrained encoder: no training, only ``out_dir/encoder.json``
+    (:func:`encoder_record`). The weights are checked before anything is written; the record is
+    written atomically, and a default encoder's stale ``encoder.safetensors`` is removed."""
+    record = encoder_record(spec, cache_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "encoder.safetensors").unlink(missing_ok=True)
+    tmp = out / ".encoder.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    tmp.replace(out / "encoder.json")
+    return record
+
+
+def load_encoder(spec: EncoderSpec | str, encoder_dir: str | Path | None = None, device: str = "cpu",
+                 cache_dir: str | Path | None = None):
+    """(model, tokenizer, record) of the encoder ``spec`` (a ``common.encoder`` value), on ``device``.
+
+    ``embedded``: the default encoder saved in ``encoder_dir`` by the encoder stage. Otherwise
+    the pretrained model (tag, checkpoint file or model folder), loaded offline; when
+    ``encoder_dir`` holds an ``encoder.json`` it must name the same spec (else the encoder stage
+    ran for another model: ``ValueError``). The model is in eval mode, float32.
+    """
+    spec = EncoderSpec.parse(spec)
+    record = None
+    saved = None if encoder_dir is None else Path(encoder_dir) / "encoder.json"
+    if saved is not None and saved.is_file():
+        record = json.loads(saved.read_text())
+        written_for = record.get("encoder", "embedded")
+        if written_for != spec.text:
+            raise ValueError(f"{encoder_dir} was written by the encoder stage for common.encoder = {written_for!r}, "
+                             f"but {spec.text!r} is asked for; rerun the encoder stage (dvc repro)")
+    if spec.kind == "embedded":
+        if encoder_dir is None:
+            raise ValueError("the embedded encoder needs encoder_dir, the folder written by the encoder stage")
+        model, tokenizer, record = load_default(encoder_dir)
+    else:
+        weights = check_available(spec, cache_dir)  # None: a tag still to be downloaded
+        if spec.kind == "folder":
+            model, tokenizer = load_folder(weights.parent)
+        else:
+            model, tokenizer = load_pretrained(spec.arch, spec.tag or str(weights), cache_dir)
+        record = record or {"encoder": spec.text, "kind": spec.kind, "checkpoint": None if weights is None else str(weights),
+                            "trained": False}
+    return model.to(device).eval(), tokenizer, record
 
 
 # --------------------------------------------------------------------------------------------

@@ -101,7 +101,12 @@ def _without_projection(model, tower: str):
 
 
 def _append_one(x: torch.Tensor, bias: bool) -> torch.Tensor:
-    return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1) if bias else x
+    return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], dim=1) if bias else x
+
+
+def _device(model) -> torch.device:
+    """Where the model's weights are (``common.device``): inputs go there, features come back to the CPU."""
+    return next(model.parameters()).device
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,11 +121,12 @@ def image_features(model, images: np.ndarray, batch_size: int = 256, progress: b
     from ecif.data.encoders import image_tensor
 
     cfg = getattr(model.visual, "preprocess_cfg", {})
+    dev = _device(model)
     out = []
     with _without_projection(model, "image") as bias:
         for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress):
-            x = model.encode_image(image_tensor(images[i : i + batch_size], cfg))
-            out.append(_append_one(x.float(), bias))
+            x = model.encode_image(image_tensor(images[i : i + batch_size], cfg).to(dev))
+            out.append(_append_one(x.float(), bias).cpu())
     return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, 0), np.float32)
 
 
@@ -130,11 +136,12 @@ def text_features(model, tokenizer, texts: list[str], batch_size: int = 256, pro
     from tqdm.auto import tqdm
 
     uniq, inverse = np.unique(np.asarray(texts, dtype=str), return_inverse=True)
+    dev = _device(model)
     out = []
     with _without_projection(model, "text") as bias:
         for i in tqdm(range(0, len(uniq), batch_size), desc=desc, disable=not progress):
-            y = model.encode_text(tokenizer(list(uniq[i : i + batch_size])))
-            out.append(_append_one(y.float(), bias))
+            y = model.encode_text(tokenizer(list(uniq[i : i + batch_size])).to(dev))
+            out.append(_append_one(y.float(), bias).cpu())
     feats = torch.cat(out).numpy().astype(np.float32)
     return feats[inverse]
 
@@ -151,7 +158,8 @@ def extract_features(
     """Features of ``splits`` of ``dataset`` under ``model`` (see the module docstring for keys).
 
     Args:
-        model, tokenizer: an open_clip model (eval mode) and its tokenizer.
+        model, tokenizer: an open_clip model (eval mode) and its tokenizer; the model's device
+            (``common.device``) is where the encoding runs, the features come back as CPU arrays.
         dataset: the data set; ``corruption`` (an :class:`ecif.data.noise.Corruption` of its train
             split) replaces the train captions and adds ``noise_mask`` and ``y_train_clean``.
         splits: which splits to encode.
@@ -209,10 +217,10 @@ def load_features(folder: str | Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m ecif.data.features extract --dataset digits --data data --encoder artifacts/encoder
-    [--noise artifacts/noise] --out artifacts/features``."""
+    """``python -m ecif.data.features extract --dataset digits --data data [--encoder ViT-B-32:openai]
+    [--encoder-dir artifacts/encoder] [--noise artifacts/noise] --out artifacts/features``."""
     from ecif.data.datasets import load_dataset
-    from ecif.data.encoders import load_default, load_pretrained
+    from ecif.data.encoders import load_encoder
     from ecif.data.noise import load_corruption
 
     p = argparse.ArgumentParser(prog="python -m ecif.data.features", description=main.__doc__)
@@ -220,19 +228,14 @@ def main(argv: list[str] | None = None) -> None:
     e = sub.add_parser("extract", help="encode every split to cached feature arrays")
     e.add_argument("--dataset", default="digits")
     e.add_argument("--data", default=None)
-    e.add_argument("--encoder", default=None, help="folder of a default encoder (python -m ecif.data.encoders train)")
-    e.add_argument("--arch", default=None, help="open_clip architecture (with --pretrained), instead of --encoder")
-    e.add_argument("--pretrained", default=None, help="pretrained tag or local checkpoint for --arch")
+    e.add_argument("--encoder", default="embedded", help="common.encoder value: embedded | ARCH:TAG | ARCH:PATH | PATH")
+    e.add_argument("--encoder-dir", default="artifacts/encoder", help="folder of the embedded encoder (python -m ecif.data.encoders train)")
+    e.add_argument("--device", default="cpu")
     e.add_argument("--noise", default=None, help="folder written by ecif.data.noise.save_corruption for the train split")
     e.add_argument("--out", required=True)
     e.add_argument("--batch-size", type=int, default=256)
     args = p.parse_args(argv)
-    if (args.encoder is None) == (args.arch is None):
-        p.error("give exactly one of --encoder or --arch/--pretrained")
-    if args.arch is not None:
-        model, tok = load_pretrained(args.arch, args.pretrained)
-    else:
-        model, tok, _ = load_default(args.encoder)
+    model, tok, _ = load_encoder(args.encoder, args.encoder_dir, device=args.device)
     ds = load_dataset(args.dataset, root=args.data)
     corruption = load_corruption(args.noise) if args.noise else None
     feats = extract_features(model, tok, ds, corruption, batch_size=args.batch_size)

@@ -35,13 +35,13 @@ def rate_key(kind: str, rate: float) -> str:
 
 
 def setup(dataset: str, data_root: str, encoder_dir: str, embedder: str = "fixed", pool: int = 4,
-          ridge: float = 1e-2):
+          ridge: float = 1e-2, encoder: str = "embedded", device: str = "cpu"):
     """Data set, embedder and the shared CLUB estimator (fitted on the clean pretrain split)."""
     from ecif.data.datasets import load_dataset
-    from ecif.data.encoders import load_default
+    from ecif.data.encoders import load_encoder
 
     ds = load_dataset(dataset, root=data_root)
-    model, tokenizer, _ = load_default(encoder_dir)
+    model, tokenizer, _ = load_encoder(encoder, encoder_dir, device=device)
     emb = S.Embedder(model, tokenizer, mode=embedder, pool=pool)
     q = S.fit_reference_estimator(emb, ds["pretrain"], ridge=ridge)
     return ds, emb, q
@@ -49,13 +49,18 @@ def setup(dataset: str, data_root: str, encoder_dir: str, embedder: str = "fixed
 
 def fit_model(dataset, data_root, encoder_dir, kind: str, rate: float, noise_seed: int, fit_kw: dict):
     """``(fitted, info)`` of one (kind, rate) cell (features in a temporary folder); ``fit_kw``
-    are the fields of :class:`~ecif.kit.problem.FitSettings` (the ``finetune`` group)."""
+    are the fields of :class:`~ecif.kit.problem.FitSettings` (the ``finetune`` group), plus
+    ``encoder`` and ``device`` (``common.encoder``, ``common.device``; default ``embedded``, ``cpu``)."""
     from ecif.kit.problem import FitSettings, fit_corrupted
 
     noise_kind, systematic = _kind(kind)
+    fit_kw = dict(fit_kw)
+    encoder = fit_kw.pop("encoder", "embedded")  # common.encoder and common.device: not fit settings
+    device = fit_kw.pop("device", "cpu")
     with tempfile.TemporaryDirectory() as fd:
         fitted, info = fit_corrupted(dataset, data_root, encoder_dir, fd, kind=noise_kind, rate=rate,
-                                     noise_seed=noise_seed, systematic=systematic, settings=FitSettings(**fit_kw))
+                                     noise_seed=noise_seed, systematic=systematic, settings=FitSettings(**fit_kw),
+                                     encoder=encoder, device=device)
     return fitted, info
 
 

@@ -249,6 +249,15 @@ def check_values(
             f"stage {stage!r} not run: {exc}\nNothing was executed and no report was changed "
             "(whole file: python -m ecif.kit.params check)."
         ) from None
+    # what the values ask of this machine (common.encoder's weights, a GPU for common.device):
+    # checked before a kernel starts, so a missing checkpoint stops the stage with nothing written
+    machine = {k: parameters[k] for k in ("encoder", "device") if k in common_keys}
+    problems = schema.environment_problems({"common": machine}) if machine else []
+    if problems:
+        raise StageError(
+            f"stage {stage!r} not run: {schema.ParamsError(problems, _short(params_path, root))}\nNothing was "
+            "executed and no report was changed."
+        )
 
 
 def pick_kernel(preferred: str = PREFERRED_KERNEL) -> str:

@@ -35,6 +35,9 @@ from typing import Any, Callable
 
 import yaml
 
+from ecif.data.encoder_spec import EXAMPLES as ENCODER_EXAMPLES
+from ecif.data.encoder_spec import EncoderSpec
+
 # Kept equal to ecif.data (datasets.EMBEDDED + TORCHVISION, noise.KINDS) by tests/kit/test_params.py;
 # written out here so that the check does not import torch.
 EMBEDDED_DATASETS = ("digits", "shapes")
@@ -44,6 +47,7 @@ COMPOSITIONAL_DATASETS = ("shapes",)  # captions built from several attributes: 
 NOISE_KINDS = ("shuffle", "label_flip", "attribute_swap")
 GRID_KINDS = NOISE_KINDS + ("systematic_swap",)  # systematic_swap = attribute_swap, the same swap everywhere
 FIT_METHODS = ("newton", "newton-cg", "auto")
+DEVICES = ("cpu", "cuda")
 VISUAL_SHIFTS = ("blur", "noise", "dropout")  # ecif.data.shifts.VISUAL
 TEXT_SHIFTS = ("typo", "synonym", "token_dropout", "retemplate")  # ecif.data.shifts.TEXT
 
@@ -110,6 +114,7 @@ class Spec:
     min_len: int = 1
     unique: bool = False
     hint: str = ""  # an extra sentence for the fix, e.g. why a bound is strict
+    validator: Callable[[Any], str | None] | None = None  # a further check of a well-typed value
 
     def allowed(self) -> str:
         """The allowed values in words: 'an integer >= 1 or null (one full batch)'."""
@@ -173,6 +178,8 @@ class Spec:
             if ((self.gt is not None and not v > self.gt) or (self.ge is not None and not v >= self.ge)
                     or (self.lt is not None and not v < self.lt) or (self.le is not None and not v <= self.le)):
                 return "is out of range"
+        if self.validator is not None:
+            return self.validator(value)
         return None
 
 
@@ -197,6 +204,20 @@ def ListOf(meaning: str, item: Spec, example: list, *, unique: bool = False, min
 
 
 SEED = dict(ge=0)  # numpy's generators refuse negative seeds
+
+
+def _encoder_form(value: Any) -> str | None:
+    """None if ``value`` is a well-formed ``common.encoder`` (no file is looked at here)."""
+    try:
+        EncoderSpec.parse(value)
+    except ValueError as exc:
+        return f"is not a valid encoder value ({str(exc).split(' (forms:')[0]})"
+    return None
+
+
+ENCODER_MEANING = ("frozen CLIP encoder: embedded (trained by the encoder stage), ARCH:TAG (open_clip pretrained "
+                   "tag, local cache only), ARCH:PATH (local checkpoint) or PATH (folder with open_clip_config.json "
+                   "and weights)")
 LAM_HINT = ("lam is the L2 pull (lam/2)||theta - theta0||^2 that makes the fit's optimum strict; a strict minimum "
             "(positive definite Hessian, the influence solve) needs lam > 0, and values near 1/n make the fit "
             "nearly singular: 0.1 is the digits default")
@@ -208,6 +229,9 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "data_root": Text("folder of the DVC-tracked raw data", "data"),
         "seed": Int("seed of encoder init, LoRA init, batching, LOO sample, random baseline", 0, **SEED),
         "threads": Int("torch CPU threads", 1, ge=1),
+        "encoder": Text(ENCODER_MEANING, "embedded", validator=_encoder_form,
+                        hint="examples: " + ", ".join(ENCODER_EXAMPLES)),
+        "device": Choice("torch device of the feature extraction (the fit stays on the CPU, float64)", DEVICES),
     },
     "noise": {
         "kind": Choice("how train pairs are made misaligned", NOISE_KINDS),
@@ -423,6 +447,37 @@ def check(params: Any, source: str = "params.yaml") -> None:
         raise ParamsError(problems, source)
 
 
+def environment_problems(params: dict) -> list[str]:
+    """What a valid ``params`` asks of this machine and it lacks: the encoder's weights
+    (``common.encoder``; a pretrained tag imports open_clip, a few seconds) and a GPU
+    (``common.device: cuda``). Empty list: all there. Nothing is written."""
+    common = _group(params, "common")
+    problems = []
+    if common.get("device") == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            problems.append("common.device = 'cuda' but torch.cuda.is_available() is false on this machine (torch "
+                            f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}). Fix: set common.device "
+                            "to cpu, or run on a machine with a CUDA GPU and a CUDA build of torch.")
+    encoder = common.get("encoder", "embedded")
+    if encoder != "embedded":
+        from ecif.data.encoder_spec import WeightsUnavailableError, check_available
+
+        try:
+            check_available(encoder)
+        except (WeightsUnavailableError, ValueError) as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def check_environment(params: dict, source: str = "params.yaml") -> None:
+    """Raise :class:`ParamsError` listing :func:`environment_problems`."""
+    problems = environment_problems(params)
+    if problems:
+        raise ParamsError(problems, source)
+
+
 def load(path: str | Path) -> Any:
     """Read a parameters file (YAML); a syntax error is a :class:`ParamsError`."""
     path = Path(path)
@@ -434,10 +489,13 @@ def load(path: str | Path) -> Any:
         raise ParamsError([f"not valid YAML: {exc}"], str(path)) from exc
 
 
-def check_file(path: str | Path = "params.yaml") -> dict:
-    """Load and check a parameters file; return its content."""
+def check_file(path: str | Path = "params.yaml", environment: bool = False) -> dict:
+    """Load and check a parameters file; return its content. ``environment``: also check that
+    the encoder's weights and the device are there (:func:`environment_problems`)."""
     params = load(path)
     check(params, str(path))
+    if environment:
+        check_environment(params, str(path))
     return params
 
 
@@ -504,7 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ok_file = Path(args.ok_file) if args.ok_file else None
     try:
-        check_file(args.params)
+        check_file(args.params, environment=True)
     except ParamsError as exc:
         if ok_file is not None:
             ok_file.unlink(missing_ok=True)

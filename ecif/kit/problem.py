@@ -214,11 +214,14 @@ def fit_corrupted(
     noise_seed: int,
     systematic: bool = False,
     settings: FitSettings = FitSettings(),
+    encoder: str = "embedded",
+    device: str = "cpu",
 ) -> tuple[Fitted, dict]:
     """One cell of a sweep, stages 1 and 3 in one call: corrupt the train split (``kind``,
     ``rate``, ``noise_seed``, ``systematic`` for ``attribute_swap``), encode every split with the
     saved frozen encoder (features written to ``features_dir``), build the problem and fit it
-    with ``settings``.
+    with ``settings``. ``encoder`` is the ``common.encoder`` switch (``embedded``: the default
+    encoder saved in ``encoder_dir``), ``device`` where the features are extracted.
 
     Returns ``(fitted, info)``: the fit with its Hessian, and ``info`` with ``n_train``,
     ``n_misaligned``, ``fit_grad_norm``, ``fit_converged``, ``min_eigenvalue``,
@@ -229,14 +232,14 @@ def fit_corrupted(
     """
     from ecif.core.fit import fit
     from ecif.data.datasets import load_dataset
-    from ecif.data.encoders import load_default
+    from ecif.data.encoders import load_encoder
     from ecif.data.features import extract_features, save_features
     from ecif.data.noise import inject
 
     t0 = time.perf_counter()
     ds = load_dataset(dataset, root=data_root)
     corruption = inject(ds["train"], kind, rate, noise_seed, systematic=systematic)
-    model, tokenizer, _ = load_default(encoder_dir)
+    model, tokenizer, _ = load_encoder(encoder, encoder_dir, device=device)
     save_features(features_dir, extract_features(model, tokenizer, ds, corruption=corruption, progress=False))
     features_s = time.perf_counter() - t0
 

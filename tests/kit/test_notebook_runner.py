@@ -202,3 +202,17 @@ def test_same_inputs_give_byte_identical_reports(project: Path) -> None:
     assert nb.metadata.papermill.input_path == "notebooks/01_toy.ipynb"
     assert nb.metadata.papermill.output_path == "reports/01_toy.ipynb"
     assert any(c.get("id") == nr.INJECTED_CELL_ID for c in nb.cells)
+
+
+def test_missing_encoder_weights_stop_the_stage_before_a_kernel_starts(project: Path) -> None:
+    """A stage that reads common.encoder checks its weights first: the error, and nothing written."""
+    missing = project / "weights" / "open_clip_pytorch_model.bin"
+    params = project / "params.yaml"
+    params.write_text(params.read_text().replace("common:\n", f"common:\n  encoder: ViT-B-32:{missing}\n") + "enc: {}\n")
+    write_notebook(project / "notebooks" / "02_enc.ipynb", "encoder = 'embedded'\nseed = 0")
+    with pytest.raises(nr.StageError) as err:
+        nr.run_stage("enc", root=project)
+    msg = str(err.value)
+    assert f"common.encoder = 'ViT-B-32:{missing}'" in msg and "does not exist" in msg and "Nothing was" in msg
+    assert not (project / "reports").exists() and not (project / "seen.json").exists()
+    nr.run_stage("toy", root=project)  # a stage that does not read the encoder is not held up

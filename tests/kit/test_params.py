@@ -187,3 +187,43 @@ def test_dvc_runs_the_check_first() -> None:
     for name, stage in stages.items():
         if name != "check_params":
             assert marker in stage["deps"], f"stage {name} does not depend on {marker}"
+
+
+# ------------------------------------------------------------- the model and device switches
+
+
+def test_encoder_values(good: dict) -> None:
+    assert good["common"]["encoder"] == "embedded" and good["common"]["device"] == "cpu"
+    for ok in ("embedded", "ViT-B-32:laion2b_s34b_b79k", "ViT-B-32:openai", "RN50:/w/model.pt", "/models/clip"):
+        assert not problems_with(good, "common", "encoder", ok), ok
+    (msg,) = problems_with(good, "common", "encoder", "ViT-B-32")
+    assert "common.encoder = 'ViT-B-32' is not a valid encoder value" in msg and "ViT-B-32:openai" in msg
+    (msg,) = problems_with(good, "common", "device", "gpu")
+    assert "common.device = 'gpu'" in msg and "cpu, cuda" in msg
+
+
+def test_cuda_without_a_gpu_is_refused(good: dict, monkeypatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    good["common"]["device"] = "cuda"
+    assert not P.validate(good)  # a valid value ...
+    (msg,) = P.environment_problems(good)  # ... that this machine cannot honour
+    assert "common.device = 'cuda'" in msg and "torch.cuda.is_available() is false" in msg and "set common.device to cpu" in msg
+    with pytest.raises(P.ParamsError, match="torch.cuda.is_available"):
+        P.check_environment(good)
+    good["common"]["device"] = "cpu"
+    assert P.environment_problems(good) == []
+
+
+def test_missing_checkpoint_stops_the_check_and_writes_nothing(tmp_path: Path, good: dict) -> None:
+    """`dvc repro`'s first stage refuses a missing checkpoint: exit 2, the message, no artifacts/ written."""
+    good["common"]["encoder"] = f"ViT-B-32:{tmp_path}/weights/open_clip_pytorch_model.bin"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(good))
+    proc = subprocess.run([sys.executable, "-m", "ecif.kit.params", "check", "--ok-file", "artifacts/params.ok"],
+                          capture_output=True, text=True, check=False, cwd=tmp_path,
+                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2, proc.stderr
+    assert "open_clip_pytorch_model.bin' for ViT-B-32 does not exist" in proc.stderr
+    assert "looked from the working directory" in proc.stderr and "Nothing was run" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
