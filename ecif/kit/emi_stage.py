@@ -340,7 +340,7 @@ def plot_misalignment(summary: pd.DataFrame):
     ax.set_xlabel("misaligned train pairs (%)")
     ax.set_ylabel("precision@k (k = number injected)")
     ax.set_ylim(0, 1.05)
-    ax.set_title("detection of the misaligned train pairs (solid: shuffle, dashed: systematic swap)", fontsize=9)
+    ax.set_title("detection (solid: shuffle, dashed: systematic swap)", fontsize=9)
     ax.legend(fontsize=7, loc="center right")
     fig.suptitle("Experiment B: misalignment in the fine-tuning pairs")
     fig.tight_layout()
