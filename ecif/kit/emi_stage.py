@@ -137,6 +137,8 @@ def seed_summary(table: pd.DataFrame, keys=("kind", "rate"), seed_column: str = 
     ``c``, ``c_mean``, ``c_std`` (sample std across seeds, ddof 1; 0 for a single seed),
     ``c_min`` and ``c_max``, over the seeds where ``c`` is defined (NaN where it never is, e.g.
     the detection columns of the clean fit). Rows in the table's order of first appearance."""
+    if table.empty:
+        return pd.DataFrame(columns=[*keys, "n_seeds"])
     cols = [c for c in table.columns if c not in (*keys, seed_column) and pd.api.types.is_numeric_dtype(table[c])]
     g = table.groupby(list(keys), sort=False)
     out = pd.DataFrame({"n_seeds": g[seed_column].nunique() if seed_column in table else g.size()})
