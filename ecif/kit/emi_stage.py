@@ -228,9 +228,10 @@ def findings(corr: pd.DataFrame, summary: pd.DataFrame, means: pd.DataFrame | No
             return abs(a[f"{col}_mean"] - b[f"{col}_mean"]) <= np.hypot(a[f"{col}_std"], b[f"{col}_std"])
 
         same = [f"{100 * rt:.0f} %" for rt, r in part.iterrows() if rt != base_rate and within(r, base)]
+        spread = (f"rates whose EMI is within one std of {100 * base_rate:.0f} %: {', '.join(same) if same else 'none'}"
+                  if n > 1 else "one noise seed: no spread to compare the differences with")
         out.append(f"B. {kind}: EMI at {100 * top_rate:.0f} % is {_pm(top, 'emi')} vs {_pm(base, 'emi')} at "
-                   f"{100 * base_rate:.0f} % (mean ± std over {n} noise seeds); rates whose EMI is within one std "
-                   f"of {100 * base_rate:.0f} %: {', '.join(same) if same else 'none'}.")
+                   f"{100 * base_rate:.0f} % (mean ± std over {n} noise seed{'s' if n != 1 else ''}); {spread}.")
         out.append(f"B. {kind}: accuracy {_pm(base, 'accuracy', '.3f')} at {100 * base_rate:.0f} % and "
                    f"{_pm(top, 'accuracy', '.3f')} at {100 * top_rate:.0f} %; discrete EMI {_pm(base, 'dmi_emi', '.3f')} "
                    f"and {_pm(top, 'dmi_emi', '.3f')}." if "dmi_emi_mean" in part else

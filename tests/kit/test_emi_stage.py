@@ -139,6 +139,8 @@ def test_findings_are_computed_from_the_numbers() -> None:
     other = _models().assign(emi=lambda d: d["emi"].where(d["rate"] == 0, d["noise_seed"].map({0: -4.0, 1: -5.5,
                                                                                              2: -7.0})))
     assert "within one std of 0 %: 20 %." in "\n".join(emi_stage.findings(_corr(), emi_stage.seed_summary(other)))
+    one = "\n".join(emi_stage.findings(_corr(), emi_stage.seed_summary(_models().query("noise_seed == 0"))))
+    assert "(mean ± std over 1 noise seed); one noise seed: no spread" in one
 
 
 def test_metrics_shaping_has_no_dotted_keys() -> None:
