@@ -309,7 +309,8 @@ SCHEMA: dict[str, dict[str, Spec]] = {
                         ["shuffle"], unique=True),
         "rates": ListOf("misalignment rates of experiment B (0: the clean fit)", Num("rate", 0.1, ge=0, lt=1),
                         [0.0, 0.2], unique=True),
-        "noise_seed": Int("which pairs are corrupted in experiment B", 0, **SEED),
+        "noise_seeds": ListOf("noise seeds of experiment B (which pairs are corrupted; one fit per seed)",
+                              Int("seed", 0, **SEED), [0], unique=True),
     },
 }
 

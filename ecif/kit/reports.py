@@ -40,6 +40,7 @@ __all__ = [
     "traceback_rates",
     "traceback_metrics",
     "summary_sections",
+    "emi_sections",
     "summary_markdown",
 ]
 
@@ -338,6 +339,49 @@ def summary_sections(metrics: dict) -> dict[str, pd.DataFrame]:
     out["Table 2: edited vs retrained"] = pd.DataFrame(metrics["cleaning"]["editing"]).T
     out["Trace-back: fix rate"] = pd.DataFrame(metrics["traceback"]["traceback"]).T
     return out
+
+
+#: Experiment B columns of the EMI summary table: (metric, decimals).
+EMI_B_COLUMNS = (("accuracy", 3), ("emi", 1), ("precision_ecif", 3), ("precision_random", 3),
+                 ("emi_after_ecif", 1), ("emi_after_random", 1), ("emi_after_oracle", 1))
+
+
+def _parse_emi_cell(key: str) -> tuple[str, int]:
+    """``("shuffle", 5)`` from the metric key ``shuffle_r05`` (:func:`ecif.kit.emi_stage.rate_key`)."""
+    kind, _, rate = key.rpartition("_r")
+    return kind, int(rate)
+
+
+def emi_sections(emi_metrics: dict) -> dict[str, pd.DataFrame]:
+    """The EMI stage's tables, titled, from the ``emi`` group of ``metrics/emi.json``.
+
+    * experiment A: per correlated pair (EMID vs bound, EMID vs accuracy drop, bound vs accuracy
+      drop) the Pearson and Spearman correlation across scenarios with their bootstrap intervals;
+    * experiment B: per (kind, rate %) the number of noise seeds and ``mean ± std`` over them of
+      the test accuracy, the EMI, ECIF's and random precision@k and the EMI after removing ECIF's
+      top-k, a random k or the oracle set ("–" where a cell has no such value, e.g. detection at
+      rate 0). A cell written before the seed summary (plain ``emi`` instead of ``emi_mean``)
+      is read as one seed."""
+    shift = emi_metrics.get("shift", {})
+    corr = {k[len("corr_"):]: v for k, v in shift.items() if k.startswith("corr_") and isinstance(v, dict)}
+    cols = ["pearson", "pearson_lo", "pearson_hi", "spearman", "spearman_lo", "spearman_hi"]
+    a = pd.DataFrame(corr).T.reindex(columns=cols) if corr else pd.DataFrame(columns=cols)
+    a.index.name = "pair"
+    title_a = (f"EMI A: EMID, bound and accuracy drop across {shift.get('n_scenarios', '?')} shift scenarios "
+               f"({shift.get('n_seeds', '?')} seeds, bootstrap intervals)")
+    rows = {}
+    for key, cell in sorted(emi_metrics.get("misalignment", {}).items(), key=lambda kv: _parse_emi_cell(kv[0])):
+        row = {"n_seeds": int(cell.get("n_seeds", 1))}
+        for col, dec in EMI_B_COLUMNS:
+            mean = cell.get(f"{col}_mean", cell.get(col))
+            std = cell.get(f"{col}_std", 0.0 if col in cell else None)
+            row[col] = "–" if mean is None else f"{mean:.{dec}f} ± {std:.{dec}f}"
+        rows[_parse_emi_cell(key)] = row
+    b = pd.DataFrame(rows).T
+    if len(b):
+        b.index.names = ["kind", "rate %"]
+    return {title_a: a,
+            "EMI B: EMI vs misalignment rate and recovery after removal (mean ± std over noise seeds)": b}
 
 
 def summary_markdown(sections: dict[str, pd.DataFrame]) -> str:

@@ -33,7 +33,8 @@ TINY = {
                  "n_misaligned": 2},
     "cleaning": {"random_seeds": [0, 1]},
     "traceback": {"n_items": 2, "ks": [2], "n_random": 1, "n_gallery": 2, "top": 2},
-    "emi": {"levels": [3], "shift_seeds": [0], "n_boot": 50, "rates": [0.0, 0.2], "joint": [["noise", "typo"]]},
+    "emi": {"levels": [3], "shift_seeds": [0], "n_boot": 50, "rates": [0.0, 0.2], "joint": [["noise", "typo"]],
+            "noise_seeds": [0]},
 }
 
 

@@ -182,3 +182,35 @@ def test_reproduces_the_committed_cleaning_and_traceback_metrics() -> None:
     assert again["traceback"].keys() == tb["traceback"].keys()
     for name, vals in again["traceback"].items():
         assert vals == pytest.approx(tb["traceback"][name], rel=1e-8, abs=1e-8), name  # the CSVs hold 10 digits
+
+
+def test_emi_sections_from_a_hand_made_metrics_dict() -> None:
+    corr = {"pearson": 0.8, "pearson_lo": 0.6, "pearson_hi": 0.9, "spearman": 0.89, "spearman_lo": 0.72,
+            "spearman_hi": 0.96}
+    emi = {"shift": {"corr_emid_acc_drop": corr, "corr_emid_bound": dict(corr, spearman=0.6),
+                     "n_scenarios": 24, "n_seeds": 3},
+           "misalignment": {
+               "systematic_swap_r20": {"n_seeds": 3.0, "accuracy_mean": 0.5, "accuracy_std": 0.02,
+                                       "emi_mean": -30.44, "emi_std": 2.5, "precision_ecif_mean": 0.425,
+                                       "precision_ecif_std": 0.05, "emi_after_ecif_mean": -3.6,
+                                       "emi_after_ecif_std": 1.0},
+               "shuffle_r05": {"n_seeds": 3.0, "accuracy_mean": 0.59, "accuracy_std": 0.0, "emi_mean": -6.6,
+                               "emi_std": 1.25},
+               "shuffle_r00": {"n_seeds": 3.0, "accuracy_mean": 0.61, "accuracy_std": 0.0, "emi_mean": -5.0,
+                               "emi_std": 0.0},
+               "shuffle_r10": {"accuracy": 0.57, "emi": 3.75}},  # a cell of the one-seed format
+           "relabelling": {"dmi_emi": 0.0}}
+    sections = R.emi_sections(emi)
+    (ta, a), (tb, b) = sections.items()
+    assert "24 shift scenarios" in ta and "3 seeds" in ta
+    assert a.loc["emid_acc_drop", "spearman"] == 0.89 and a.loc["emid_bound", "spearman"] == 0.6
+    assert list(a.columns) == ["pearson", "pearson_lo", "pearson_hi", "spearman", "spearman_lo", "spearman_hi"]
+    assert list(b.index) == [("shuffle", 0), ("shuffle", 5), ("shuffle", 10), ("systematic_swap", 20)]
+    assert b.loc[("systematic_swap", 20), "emi"] == "-30.4 ± 2.5"
+    assert b.loc[("systematic_swap", 20), "precision_ecif"] == "0.425 ± 0.050"
+    assert b.loc[("systematic_swap", 20), "emi_after_ecif"] == "-3.6 ± 1.0"
+    assert b.loc[("systematic_swap", 20), "emi_after_oracle"] == "–"
+    assert b.loc[("shuffle", 0), "precision_ecif"] == "–" and b.loc[("shuffle", 0), "n_seeds"] == 3
+    assert b.loc[("shuffle", 10), "emi"] == "3.8 ± 0.0" and b.loc[("shuffle", 10), "n_seeds"] == 1
+    md = R.summary_markdown(sections)
+    assert "## EMI A:" in md and "## EMI B:" in md and "-30.4 ± 2.5" in md
