@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecif.data.datasets import TEMPLATE, CaptionSpec, Split
+from ecif.data.pairs import TEMPLATE, CaptionSpec, Split
 
 KINDS = ("shuffle", "label_flip", "attribute_swap")
 

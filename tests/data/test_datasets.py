@@ -5,8 +5,11 @@ import time
 import numpy as np
 import pytest
 
-from ecif.data.datasets import (SPLITS, DatasetUnavailableError, digits, load_dataset, read_dataset, save_dataset, shapes,
-                       torchvision_dataset, write_embedded)
+from ecif.data.datasets import load_dataset
+from ecif.data.embedded import digits, shapes
+from ecif.data.pairs import SPLITS, DatasetUnavailableError
+from ecif.data.storage import read_dataset, save_dataset, write_embedded
+from ecif.data.tv_sets import torchvision_dataset
 
 
 @pytest.mark.parametrize("make", [digits, lambda seed=0: shapes(seed, sizes={"pretrain": 120, "train": 60, "val": 30, "test": 30})])
