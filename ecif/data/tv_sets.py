@@ -235,7 +235,7 @@ def torchvision_dataset(name: str, root: str | Path | None, seed: int = 0, sizes
     else:
         f_tr, y_tr, f_te, y_te, classes = _file_lists(root, name)
         n_tr, n_te = len(f_tr), len(f_te)
-    counts = split_sizes(n_tr, sizes or TV_DEFAULT_SIZES, TV_DEFAULT_SIZES)
+    counts = split_sizes(n_tr + n_te, sizes or TV_DEFAULT_SIZES, TV_DEFAULT_SIZES)  # fractions: of all images
     rows = _rows(n_tr, n_te, counts, seed, name)
     names = [str(c).replace("_", " ") for c in classes]
     template = TEMPLATES[name][1]
