@@ -225,7 +225,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
     "common": {
         "dataset": Choice("data set of the core stages", DATASETS, "digits", prefixes=(CAPTIONS_PREFIX,)),
         "data_root": Text("folder of the raw data (embedded sets, torchvision folders, caption folders)", "data"),
-        "split_sizes": Spec("splits", "pairs per split of the core stages' data set (real sets are subsampled, seeded)",
+        "split_sizes": Spec("splits", "pairs per split of the core stages' data set (real sets: a subsample with a fixed seed)",
                             {"pretrain": 5000, "train": 1000, "val": 500, "test": 1000}, nullable=True,
                             null_means="the data set's defaults"),
         "image_size": Int("side of the stored square images", 32, ge=4, nullable=True,
