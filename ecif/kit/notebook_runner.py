@@ -20,7 +20,9 @@ What it does, in order:
    that every parameter of the stage group (after ``--override``) is assigned in that cell (a
    misspelt key in ``params.yaml`` fails at once instead of being silently ignored), and that
    every value it injects fits the schema of :mod:`ecif.kit.params` (type, range, allowed
-   values; the error names the key, the value, what is allowed and the fix).
+   values; the error names the key, the value, what is allowed and the fix), and, for a stage
+   that reads a data set (``dataset`` and ``data_root`` among its parameters), that the data's
+   files are there (:func:`check_data`: what is missing, where it looked, how to provide it).
 4. Executes the notebook with papermill (kernel ``ecif`` if installed, else ``python3``), with
    the repository root as working directory so relative paths such as ``data/`` work, and writes
    the executed copy to ``reports/<notebook>.ipynb`` plus an HTML export
