@@ -80,3 +80,15 @@ def test_bad_requests():
         load_dataset("imagenet")
     with pytest.raises(ValueError, match="sum to"):
         digits(sizes={"pretrain": 1500, "train": 500})
+
+
+def test_embedded_with_sizes_or_image_size_are_built_in_memory(tmp_path):
+    write_embedded(tmp_path / "data")
+    small = load_dataset("digits", root=tmp_path / "data", sizes={"pretrain": 10, "train": 8, "val": 4, "test": 4},
+                         image_size=16)
+    assert [len(small[s]) for s in SPLITS] == [10, 8, 4, 4]
+    assert small["train"].images.shape == (8, 16, 16, 3) and small["train"].images.dtype == np.uint8
+    assert load_dataset("shapes", root=tmp_path / "data", sizes={"pretrain": 2, "train": 4, "val": 2, "test": 2},
+                        image_size=24)["test"].images.shape == (2, 24, 24, 3)
+    # the defaults read the saved copy
+    assert load_dataset("digits", root=tmp_path / "data")["train"].images.shape[1:] == (8, 8)
