@@ -57,6 +57,44 @@ def write_cifar10(root: Path, n_train: int = 40, n_test: int = 20, n_classes: in
     return root
 
 
+def write_cifar100(root: Path, n_train: int = 30, n_test: int = 15, n_classes: int = 5) -> Path:
+    """``root/cifar-100-python``: pickled ``train``, ``test`` (fine and coarse labels) and ``meta``."""
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    names = ["apple", "aquarium_fish", "baby", "bear", "beaver"][:n_classes]
+    for split, n, k0 in (("train", n_train, 0), ("test", n_test, 10_000)):
+        labels = np.arange(n) % n_classes
+        data = np.stack([class_image(int(lab), k0 + i, (32, 32)).transpose(2, 0, 1).reshape(-1) for i, lab in enumerate(labels)])
+        with open(folder / split, "wb") as fh:
+            pickle.dump({"filenames": [f"{i}.png" for i in range(n)], "batch_label": split, "fine_labels": labels.tolist(),
+                         "coarse_labels": (labels // 2).tolist(), "data": data}, fh)
+    with open(folder / "meta", "wb") as fh:
+        pickle.dump({"fine_label_names": names, "coarse_label_names": ["a", "b", "c"]}, fh)
+    return root
+
+
+def write_food101(root: Path, per_class: int = 8, n_test_per_class: int = 4) -> Path:
+    """``root/food-101``: ``meta/{train,test}.json`` (class -> ["class/id"]) and ``images/<class>/<id>.jpg``."""
+    import json
+
+    base = root / "food-101"
+    classes = ["apple_pie", "baby_back_ribs", "waffles"]
+    meta = {"train": {}, "test": {}}
+    k = 0
+    for lab, c in enumerate(classes):
+        for split, n in (("train", per_class), ("test", n_test_per_class)):
+            ids = []
+            for _ in range(n):
+                ids.append(f"{c}/{100000 + k}")
+                _save_jpg(base / "images" / c / f"{100000 + k}.jpg", class_image(lab, k))
+                k += 1
+            meta[split][c] = ids
+    (base / "meta").mkdir(parents=True)
+    for split in ("train", "test"):
+        (base / "meta" / f"{split}.json").write_text(json.dumps(meta[split]))
+    return root
+
+
 def write_flowers102(root: Path, n_images: int = 30, n_classes: int = 3) -> Path:
     """``root/flowers-102``: ``jpg/image_XXXXX.jpg``, ``imagelabels.mat`` (1-based), ``setid.mat``."""
     from scipy.io import savemat

@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 import pytest
-from fake_data import (dominant_class, write_caption_folder, write_cifar10, write_dtd, write_fgvc_aircraft,
-                       write_flowers102)
+from fake_data import (dominant_class, write_caption_folder, write_cifar10, write_cifar100, write_dtd,
+                       write_fgvc_aircraft, write_flowers102, write_food101)
 
 from ecif.data.datasets import check_available, is_labelled, load_dataset
 from ecif.data.pairs import SPLITS, DatasetUnavailableError
@@ -41,6 +41,20 @@ def test_cifar10_pickled_batches(tmp_path):
     assert not all(np.array_equal(other[s].index, ds[s].index) for s in SPLITS)
     # the folder itself may be data_root, too
     assert load_dataset("cifar10", root=tmp_path / "data" / "cifar10", sizes=SIZES, image_size=16)["test"].captions == ds["test"].captions
+
+
+def test_cifar100_fine_labels(tmp_path):
+    write_cifar100(tmp_path / "cifar100")
+    ds = load_dataset("cifar100", root=tmp_path, sizes=SIZES, image_size=16)
+    assert ds.class_names == ["apple", "aquarium fish", "baby", "bear", "beaver"]
+    _check_pairs(ds, 5, "a photo of a {label}.")
+
+
+def test_food101_json_meta(tmp_path):
+    write_food101(tmp_path / "food101")
+    ds = load_dataset("food101", root=tmp_path, sizes=SIZES, image_size=16)
+    assert ds.class_names == ["apple pie", "baby back ribs", "waffles"]
+    _check_pairs(ds, 3, "a photo of {label}, a type of food.")
 
 
 def test_flowers102_mat_files(tmp_path):
