@@ -1,1 +1,2 @@
-"""Inputs: embedded and torchvision data sets, misalignment injection, encoders, frozen features."""
+"""Inputs: data sets (embedded, the paper's torchvision sets from a local folder, caption folders),
+misalignment injection, encoders, frozen features."""

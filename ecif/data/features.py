@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ecif.data.datasets import SPLITS, Dataset
+from ecif.data.pairs import SPLITS, Dataset
 
 
 # --------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ecif.data.datasets import TEMPLATE, CaptionSpec, Split
+from ecif.data.pairs import TEMPLATE, CaptionSpec, Split
 
 KINDS = ("shuffle", "label_flip", "attribute_swap")
 
@@ -82,6 +82,9 @@ def _check(split: Split, spec: CaptionSpec, kind: str, rate: float) -> None:
         raise ValueError(f"rate must be in [0, 1), got {rate!r}; it is the fraction of pairs to corrupt")
     if kind == "label_flip" and (spec.label_attribute is None or split.labels is None):
         raise ValueError("label_flip needs a labelled data set (digits, shapes, cifar10, ...); use kind='shuffle' for unlabelled data")
+    if kind == "label_flip" and not any("{" + spec.label_attribute + "}" in t for t in spec.templates):
+        raise ValueError("label_flip rewrites the class named in a caption, but these captions do not name their label "
+                         "(free-text captions of a caption folder); use kind='shuffle'")
     if kind == "label_flip" and len(spec.values[spec.label_attribute]) < 2:
         raise ValueError("label_flip needs at least two classes")
     if kind == "attribute_swap" and not spec.compositional:

@@ -22,7 +22,7 @@ Text shifts (lists of captions):
   (:data:`SHAPES_TEMPLATES` or given ones): same content, different wording and word order.
 
 :func:`apply_shift` applies one named shift at one of three severity levels (:data:`LEVELS`) to a
-:class:`~ecif.data.datasets.Split` and returns the shifted split.
+:class:`~ecif.data.pairs.Split` and returns the shifted split.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ecif.data.datasets import TEMPLATE, Split
+from ecif.data.pairs import TEMPLATE, Split
 
 VISUAL = ("blur", "noise", "dropout")
 TEXT = ("typo", "synonym", "token_dropout", "retemplate")

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from ecif.data import shifts
-from ecif.data.datasets import Split
+from ecif.data.pairs import Split
 from ecif.data.features import image_features, projection_matrix, text_features
 from ecif.experiments import emi as E
 

@@ -20,7 +20,9 @@ What it does, in order:
    that every parameter of the stage group (after ``--override``) is assigned in that cell (a
    misspelt key in ``params.yaml`` fails at once instead of being silently ignored), and that
    every value it injects fits the schema of :mod:`ecif.kit.params` (type, range, allowed
-   values; the error names the key, the value, what is allowed and the fix).
+   values; the error names the key, the value, what is allowed and the fix), and, for a stage
+   that reads a data set (``dataset`` and ``data_root`` among its parameters), that the data's
+   files are there (:func:`check_data`: what is missing, where it looked, how to provide it).
 4. Executes the notebook with papermill (kernel ``ecif`` if installed, else ``python3``), with
    the repository root as working directory so relative paths such as ``data/`` work, and writes
    the executed copy to ``reports/<notebook>.ipynb`` plus an HTML export
@@ -260,6 +262,28 @@ def check_values(
         )
 
 
+def check_data(parameters: dict[str, Any], stage: str, root: Path) -> None:
+    """Refuse to start a notebook that reads a data set whose files are not there.
+
+    A stage whose parameters name ``dataset`` and ``data_root`` (the first is ``inject``) checks
+    them here, in a fraction of a second and before anything is written
+    (:func:`ecif.data.datasets.check_available`): the error names what is missing, where it
+    looked and how to provide it. Raises StageError.
+    """
+    if "dataset" not in parameters or "data_root" not in parameters:
+        return
+    from ecif.data.datasets import DatasetUnavailableError, check_available
+
+    cwd = os.getcwd()
+    try:
+        os.chdir(root)  # relative paths are taken from the project root, as in the notebook
+        check_available(str(parameters["dataset"]), str(parameters["data_root"]))
+    except (DatasetUnavailableError, ValueError) as exc:
+        raise StageError(f"stage {stage!r} not run: {exc}\nNothing was executed and no output was written.") from None
+    finally:
+        os.chdir(cwd)
+
+
 def pick_kernel(preferred: str = PREFERRED_KERNEL) -> str:
     """``ecif`` if that Jupyter kernel is installed, else ``python3``."""
     try:
@@ -380,6 +404,7 @@ def run_stage(
     defined = notebook_parameter_names(nb_path)
     parameters = select_parameters(strict, common, defined, nb_path, stage)
     check_values(parameters, strict, groups or [stage], stage, params_path, root)
+    check_data(parameters, stage, root)
 
     import papermill as pm
 

@@ -43,6 +43,8 @@ from ecif.data.encoder_spec import EncoderSpec
 EMBEDDED_DATASETS = ("digits", "shapes")
 TORCHVISION_DATASETS = ("cifar10", "cifar100", "food101", "flowers102", "fgvc_aircraft", "dtd")
 DATASETS = EMBEDDED_DATASETS + TORCHVISION_DATASETS
+CAPTIONS_PREFIX = "captions:"  # common.dataset = captions:<folder>: a user's own pairs (ecif.data.caption_folder)
+SPLIT_NAMES = ("pretrain", "train", "val", "test")
 COMPOSITIONAL_DATASETS = ("shapes",)  # captions built from several attributes: attribute swaps need them
 NOISE_KINDS = ("shuffle", "label_flip", "attribute_swap")
 GRID_KINDS = NOISE_KINDS + ("systematic_swap",)  # systematic_swap = attribute_swap, the same swap everywhere
@@ -115,11 +117,14 @@ class Spec:
     unique: bool = False
     hint: str = ""  # an extra sentence for the fix, e.g. why a bound is strict
     validator: Callable[[Any], str | None] | None = None  # a further check of a well-typed value
+    prefixes: tuple = ()  # choice: also any text '<prefix><something>' (captions:<folder>)
 
     def allowed(self) -> str:
         """The allowed values in words: 'an integer >= 1 or null (one full batch)'."""
         if self.type == "choice":
-            text = "one of " + ", ".join(map(str, self.choices))
+            text = "one of " + ", ".join(map(str, self.choices)) + "".join(f" or {p}<folder>" for p in self.prefixes)
+        elif self.type == "splits":
+            text = "a mapping of split sizes (" + ", ".join(f"{s}: count" for s in SPLIT_NAMES) + ")"
         elif self.type == "list":
             text = f"a list of {'unique ' if self.unique else ''}values, at least {self.min_len}, each " + (
                 self.item.allowed() if self.item else "any")
@@ -156,9 +161,23 @@ class Spec:
             if not isinstance(value, str) or not value.strip():
                 return f"has the wrong type ({type(value).__name__})" if not isinstance(value, str) else "is empty"
         elif self.type == "choice":
+            if isinstance(value, str) and any(value.startswith(p) for p in self.prefixes):
+                return None if value.split(":", 1)[1].strip() else "names no folder after the prefix"
             if value not in self.choices:
                 close = difflib.get_close_matches(str(value), [str(c) for c in self.choices], n=1)
                 return "is not an allowed value" + (f" (did you mean {close[0]}?)" if close else "")
+        elif self.type == "splits":
+            if not isinstance(value, dict):
+                return f"has the wrong type ({type(value).__name__}, not a mapping)"
+            unknown = [k for k in value if k not in SPLIT_NAMES]
+            if unknown:
+                return f"names unknown split(s) {', '.join(map(str, unknown))}"
+            bad = [k for k, v in value.items() if not (_is_int(v) and v >= 0)]
+            if bad:
+                return f"has a size that is not an integer >= 0 ({bad[0]}: {_show(value[bad[0]])})"
+            if not (_is_int(value.get("train")) and value["train"] >= 2):
+                return "has fewer than 2 train pairs"
+            return None
         elif self.type == "list":
             if not isinstance(value, list):
                 return f"has the wrong type ({type(value).__name__}, not a list)"
@@ -225,8 +244,13 @@ LAM_HINT = ("lam is the L2 pull (lam/2)||theta - theta0||^2 that makes the fit's
 #: group -> key -> Spec. Every key of these groups must be present in params.yaml.
 SCHEMA: dict[str, dict[str, Spec]] = {
     "common": {
-        "dataset": Choice("data set of the core stages", DATASETS, "digits"),
-        "data_root": Text("folder of the DVC-tracked raw data", "data"),
+        "dataset": Choice("data set of the core stages", DATASETS, "digits", prefixes=(CAPTIONS_PREFIX,)),
+        "data_root": Text("folder of the raw data (embedded sets, torchvision folders, caption folders)", "data"),
+        "split_sizes": Spec("splits", "pairs per split of the core stages' data set (real sets: a subsample with a fixed seed)",
+                            {"pretrain": 5000, "train": 1000, "val": 500, "test": 1000}, nullable=True,
+                            null_means="the data set's defaults"),
+        "image_size": Int("side of the stored square images", 32, ge=4, nullable=True,
+                          null_means="the data set's own: digits 8, shapes 32, real sets 32"),
         "seed": Int("seed of encoder init, LoRA init, batching, LOO sample, random baseline", 0, **SEED),
         "threads": Int("torch CPU threads", 1, ge=1),
         "encoder": Text(ENCODER_MEANING, "embedded", validator=_encoder_form,
@@ -322,7 +346,7 @@ OVERRIDES: dict[str, Spec] = {
     "kind": Choice("misalignment kind of a sweep cell", GRID_KINDS),
     "rate": Num("noise rate of a sweep cell", 0.2, gt=0, lt=1),
     "noise_seed": Int("noise seed of a sweep cell", 0, **SEED),
-    "dataset": Choice("data set", DATASETS, "digits"),
+    "dataset": Choice("data set", DATASETS, "digits", prefixes=(CAPTIONS_PREFIX,)),
 }
 
 
@@ -357,10 +381,19 @@ def _swap_needs_compositional(params: dict) -> str | None:
     return None
 
 
+def _captions_only_shuffle(params: dict) -> str | None:
+    kind, dataset = _group(params, "noise").get("kind"), _group(params, "common").get("dataset")
+    if isinstance(dataset, str) and dataset.startswith(CAPTIONS_PREFIX) and kind in ("label_flip", "attribute_swap"):
+        return (f"noise.kind = {kind!r} rewrites a caption from its label or attributes, but the captions of "
+                f"common.dataset = {dataset!r} are free text (a caption folder). Fix: set noise.kind to shuffle.")
+    return None
+
+
 CROSS_CHECKS = (
     _Cross(("loo.n_pairs", "loo.n_misaligned"), _misaligned_within("loo")),
     _Cross(("ablation.n_pairs", "ablation.n_misaligned"), _misaligned_within("ablation")),
     _Cross(("noise.kind", "common.dataset"), _swap_needs_compositional),
+    _Cross(("noise.kind", "common.dataset"), _captions_only_shuffle),
 )
 
 

@@ -5,8 +5,11 @@ import time
 import numpy as np
 import pytest
 
-from ecif.data.datasets import (SPLITS, DatasetUnavailableError, digits, load_dataset, read_dataset, save_dataset, shapes,
-                       torchvision_dataset, write_embedded)
+from ecif.data.datasets import load_dataset
+from ecif.data.embedded import digits, shapes
+from ecif.data.pairs import SPLITS, DatasetUnavailableError
+from ecif.data.storage import read_dataset, save_dataset, write_embedded
+from ecif.data.tv_sets import torchvision_dataset
 
 
 @pytest.mark.parametrize("make", [digits, lambda seed=0: shapes(seed, sizes={"pretrain": 120, "train": 60, "val": 30, "test": 30})])
@@ -77,3 +80,15 @@ def test_bad_requests():
         load_dataset("imagenet")
     with pytest.raises(ValueError, match="sum to"):
         digits(sizes={"pretrain": 1500, "train": 500})
+
+
+def test_embedded_with_sizes_or_image_size_are_built_in_memory(tmp_path):
+    write_embedded(tmp_path / "data")
+    small = load_dataset("digits", root=tmp_path / "data", sizes={"pretrain": 10, "train": 8, "val": 4, "test": 4},
+                         image_size=16)
+    assert [len(small[s]) for s in SPLITS] == [10, 8, 4, 4]
+    assert small["train"].images.shape == (8, 16, 16, 3) and small["train"].images.dtype == np.uint8
+    assert load_dataset("shapes", root=tmp_path / "data", sizes={"pretrain": 2, "train": 4, "val": 2, "test": 2},
+                        image_size=24)["test"].images.shape == (2, 24, 24, 3)
+    # the defaults read the saved copy
+    assert load_dataset("digits", root=tmp_path / "data")["train"].images.shape[1:] == (8, 8)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ecif.data import encoders as E
-from ecif.data.datasets import digits
+from ecif.data.embedded import digits
 from ecif.core.heads import LinearHeads
 from ecif.data.features import extract_features
 from ecif.experiments.zeroshot import ZeroShotSet

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from ecif.data import encoders as E
-from ecif.data.datasets import digits
+from ecif.data.embedded import digits
 from ecif.data.features import (extract_features, image_features, load_features, projection_matrix, save_features,
                            text_features)
 from ecif.data.noise import inject

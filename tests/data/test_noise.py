@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ecif.data.datasets import digits, shapes
+from ecif.data.embedded import digits, shapes
 from ecif.data.noise import inject, load_corruption, n_corrupted
 
 
@@ -144,7 +144,7 @@ def test_attribute_swap_does_not_depend_on_hash_seed():
     import sys
 
     code = (
-        "from ecif.data.datasets import shapes; from ecif.data.noise import inject;"
+        "from ecif.data.embedded import shapes; from ecif.data.noise import inject;"
         "c = inject(shapes(seed=0)['train'], 'attribute_swap', 0.2, seed=1);"
         "print('|'.join(c.captions))"
     )

@@ -87,7 +87,7 @@ def run_pipeline(root: Path, overrides: dict, stages: list[str] | None = None,
             (root / "data" / name).symlink_to(ROOT / "data" / name, target_is_directory=True)
     if not all((root / "data" / name).exists() for name in ("digits", "shapes")):
         # data not pulled: the embedded data sets are rebuilt from the package
-        from ecif.data.datasets import write_embedded
+        from ecif.data.storage import write_embedded
 
         for name in ("digits", "shapes"):
             if (root / "data" / name).is_symlink():
