@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ecif.core.batching import BatchingProtocol
+from ecif.core.fit import offset_ratio
 from ecif.core.heads import LoRAHeads
 from ecif.core.terms import DTYPE
 from ecif.core.influence import ECIF
@@ -33,8 +34,8 @@ from ecif.data.features import load_features
 from ecif.experiments.zeroshot import ZeroShotSet
 from ecif.kit.files import read_json, write_json
 
-__all__ = ["FitSettings", "Fitted", "Problem", "as_tensor", "build_problem", "fit_corrupted", "load_fit",
-           "save_fit"]
+__all__ = ["FitSettings", "Fitted", "Problem", "as_tensor", "build_problem", "centring_means", "fit_corrupted",
+           "load_fit", "offset_ratio", "save_fit"]
 
 
 def as_tensor(a) -> torch.Tensor:
@@ -65,6 +66,25 @@ class Problem:
         return self.objective.n
 
 
+def centring_means(feats: dict) -> tuple[np.ndarray, np.ndarray, str]:
+    """The means subtracted from image and text features when centring (docs/math.md §13).
+
+    Taken from the ``pretrain`` split (the clean pairs of the frozen encoder), or from the
+    ``val`` split when the features hold no pretrain split: never from the train pairs, so
+    removing train pairs leaves the frozen map unchanged and influence stays exact. Columns
+    that are constant on that split (the constant-1 feature carrying a projection bias,
+    ``ecif.data.features``) are not shifted. Returns ``(mean_img, mean_txt, split)``.
+    """
+    split = "pretrain" if "x_pretrain" in feats and "y_pretrain" in feats else "val"
+    means = []
+    for key in (f"x_{split}", f"y_{split}"):
+        z = np.asarray(feats[key], dtype=np.float64)
+        mu = z.mean(axis=0)
+        mu[z.std(axis=0) == 0] = 0.0
+        means.append(mu)
+    return means[0], means[1], split
+
+
 def build_problem(
     features_dir: str | Path,
     *,
@@ -74,13 +94,25 @@ def build_problem(
     seed: int,
     n_train: int | None = None,
     batching: BatchingProtocol | None = None,
+    centre: bool = True,
 ) -> Problem:
     """Objective ``L`` (LoRA rank ``rank`` on the saved projections) and ``L_val`` from features.
 
     ``n_train`` keeps only the first ``n_train`` train pairs (tiny smoke runs). The training
     batching protocol is drawn from ``seed`` (unless given), the validation one from ``seed + 1``.
+    ``centre`` (default) subtracts the image and text means of the pretrain split
+    (:func:`centring_means`) from every feature that enters the problem (train, val, test
+    images, class prompts) as part of the frozen map: the embedding is ``W (x - mean)``
+    (docs/math.md §13). ``centre=False`` uses the features as saved.
     """
     feats = load_features(features_dir)
+    centre_split = None
+    if centre:
+        mu_img, mu_txt, centre_split = centring_means(feats)
+        for key in [k for k in feats if k.startswith("x_")]:
+            feats[key] = np.asarray(feats[key], dtype=np.float64) - mu_img
+        for key in [k for k in feats if k.startswith("y_")] + (["class_text"] if "class_text" in feats else []):
+            feats[key] = np.asarray(feats[key], dtype=np.float64) - mu_txt
     x, y = feats["x_train"], feats["y_train"]
     mask = np.asarray(feats.get("noise_mask", np.zeros(len(x), dtype=bool)), dtype=bool)
     if n_train is not None:
@@ -110,6 +142,8 @@ def build_problem(
         "batch_size": batch_size,
         "seed": seed,
         "n_train": n_train,
+        "centre": bool(centre),
+        "centre_split": centre_split,
     }
     return Problem(param=param, objective=objective, val=val, batching=bp, mask=mask, test_set=test_set,
                    config=config)
@@ -163,6 +197,7 @@ def load_fit(fit_dir: str | Path) -> Fitted:
         batch_size=cfg["batch_size"],
         seed=cfg["seed"],
         n_train=cfg["n_train"],
+        centre=cfg.get("centre", False),  # fits saved before centring existed were uncentred
         batching=BatchingProtocol(np.load(fit_dir / "batching.npy", allow_pickle=False)),
     )
     theta = as_tensor(np.load(fit_dir / "theta_hat.npy"))
@@ -181,7 +216,8 @@ class FitSettings:
     ``rank``: LoRA rank; ``lam``: L2 pull towards ``theta0``; ``batch_size``: fixed batches of
     the contrastive loss (``None``: one batch); ``seed``: LoRA init and batching protocol;
     ``gtol``, ``max_iter``, ``method``: the fit (:func:`ecif.core.fit.fit`); ``n_train``: keep
-    only the first ``n_train`` train pairs (``None``: all).
+    only the first ``n_train`` train pairs (``None``: all); ``centre``: centre the features with
+    the pretrain means (:func:`build_problem`, docs/math.md §13).
     """
 
     rank: int = 1
@@ -192,11 +228,26 @@ class FitSettings:
     max_iter: int = 100
     method: str = "newton-cg"
     n_train: int | None = None
+    centre: bool = True
 
     def problem_kwargs(self) -> dict:
         """The keyword arguments of :func:`build_problem`."""
         d = asdict(self)
-        return {k: d[k] for k in ("rank", "lam", "batch_size", "seed", "n_train")}
+        return {k: d[k] for k in ("rank", "lam", "batch_size", "seed", "n_train", "centre")}
+
+
+def not_converged_message(problem: Problem, res, settings: FitSettings) -> str:
+    """Why a fit stopped above ``gtol`` and what to change: the gradient norm reached, the
+    offset ratio of the train features (:func:`offset_ratio`), an embedding collapse, and the
+    ``finetune`` parameters that help."""
+    from ecif.core.fit import diagnose
+
+    return (f"the fit did not reach gtol={settings.gtol}: gradient norm {res.grad_norm:.3e} after "
+            f"{res.iterations} {res.method} iterations.{diagnose(problem.objective, res.theta)} What to change: "
+            f"centre the features (FitSettings.centre / build_problem(centre=True), the default; now "
+            f"{settings.centre}); a larger finetune.lam (now {settings.lam}); a larger finetune.max_iter (now "
+            f"{settings.max_iter}); finetune.method: newton (exact dense Newton steps; now {settings.method}). "
+            f"Fit report: {res.summary()}")
 
 
 def _zero_shot(problem: Problem, theta: torch.Tensor) -> float:
@@ -243,7 +294,7 @@ def fit_corrupted(
     problem = build_problem(features_dir, **settings.problem_kwargs())
     res = fit(problem.objective, gtol=settings.gtol, max_iter=settings.max_iter, method=settings.method)
     if not res.converged:
-        raise RuntimeError(f"the fit did not reach gtol={settings.gtol}: {res.summary()}")
+        raise RuntimeError(not_converged_message(problem, res, settings))
     hessian = problem.objective.hessian(res.theta)
     fit_s = time.perf_counter() - t0
     info = {
