@@ -35,7 +35,7 @@ from ecif.experiments.zeroshot import ZeroShotSet
 from ecif.kit.files import read_json, write_json
 
 __all__ = ["FitSettings", "Fitted", "Problem", "as_tensor", "build_problem", "centring_means", "fit_corrupted",
-           "load_fit", "offset_ratio", "save_fit"]
+           "load_fit", "not_converged_message", "save_fit"]
 
 
 def as_tensor(a) -> torch.Tensor:
