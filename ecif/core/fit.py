@@ -11,7 +11,10 @@ objective (no mini-batches, no randomness), run until ``||grad L|| <= gtol``:
 * ``"auto"`` picks ``newton`` for ``P <= 3000``.
 
 Each step is followed by a backtracking (Armijo) line search. A fit that stops above ``gtol``
-warns with :class:`ConvergenceWarning` and returns ``converged=False``: never silently.
+warns with :class:`ConvergenceWarning` and returns ``converged=False``: never silently. The
+warning names the likely cause (:func:`diagnose`: an embedding collapsed towards zero, docs/math.md
+§12; features with a large common offset, §13; the largest curvature against ``lam``) and what to
+change.
 """
 
 from __future__ import annotations
