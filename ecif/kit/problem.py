@@ -65,6 +65,13 @@ class Problem:
     def n(self) -> int:
         return self.objective.n
 
+    @property
+    def train_features(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The train features ``(x, y)`` as the objective sees them (float64, centred when the
+        problem was built with ``centre=True``, docs/math.md §13): rebuild objectives on the same
+        pairs (other batch sizes, other ``lam``) from these, not from the saved files."""
+        return self.objective._x, self.objective._y
+
 
 def centring_means(feats: dict) -> tuple[np.ndarray, np.ndarray, str]:
     """The means subtracted from image and text features when centring (docs/math.md §13).

@@ -166,8 +166,9 @@ def test_centring_uses_the_pretrain_means_everywhere(offset_folder):
     folder, feats = offset_folder
     problem = build_problem(folder, rank=1, lam=0.1, batch_size=256, seed=0)
     mx, my = feats["x_pretrain"].mean(0), feats["y_pretrain"].mean(0)
-    torch.testing.assert_close(problem.objective._x, as_tensor(feats["x_train"] - mx))
-    torch.testing.assert_close(problem.objective._y, as_tensor(feats["y_train"] - my))
+    x, y = problem.train_features
+    torch.testing.assert_close(x, as_tensor(feats["x_train"] - mx))
+    torch.testing.assert_close(y, as_tensor(feats["y_train"] - my))
     torch.testing.assert_close(problem.val._x, as_tensor(feats["x_val"] - mx))
     torch.testing.assert_close(problem.val._y, as_tensor(feats["y_val"] - my))
     torch.testing.assert_close(problem.test_set.x, as_tensor(feats["x_test"] - mx))
