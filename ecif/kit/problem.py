@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ecif.core.batching import BatchingProtocol
-from ecif.core.fit import offset_ratio
+from ecif.core.fit import diagnose
 from ecif.core.heads import LoRAHeads
 from ecif.core.terms import DTYPE
 from ecif.core.influence import ECIF
@@ -245,10 +245,8 @@ class FitSettings:
 
 def not_converged_message(problem: Problem, res, settings: FitSettings) -> str:
     """Why a fit stopped above ``gtol`` and what to change: the gradient norm reached, the
-    offset ratio of the train features (:func:`offset_ratio`), an embedding collapse, and the
+    offset ratio of the train features (:func:`ecif.core.fit.offset_ratio`), an embedding collapse, and the
     ``finetune`` parameters that help."""
-    from ecif.core.fit import diagnose
-
     return (f"the fit did not reach gtol={settings.gtol}: gradient norm {res.grad_norm:.3e} after "
             f"{res.iterations} {res.method} iterations.{diagnose(problem.objective, res.theta)} What to change: "
             f"centre the features (FitSettings.centre / build_problem(centre=True), the default; now "
