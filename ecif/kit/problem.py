@@ -50,7 +50,9 @@ class Problem:
     ``objective`` is ``L`` on the (corrupted) train pairs, ``val`` is ``L_val`` (``lam = 0``) on
     the clean validation pairs, ``mask`` (n,) the ground-truth misaligned train pairs.
     ``test_set`` is the zero-shot evaluation set of the test split (``None`` when the data set
-    has no labels or class prompts).
+    has no labels or class prompts). ``centring`` holds the image and text means subtracted from
+    every feature (docs/math.md §13; ``None`` when uncentred): apply them to any other features
+    fed to this problem's model (:meth:`centre_features`).
     """
 
     param: LoRAHeads
@@ -60,6 +62,14 @@ class Problem:
     mask: np.ndarray
     test_set: ZeroShotSet | None
     config: dict = field(default_factory=dict)
+    centring: tuple[np.ndarray, np.ndarray] | None = None
+
+    def centre_features(self, x=None, y=None):
+        """Image features ``x`` and text features ``y`` (either may be ``None``) mapped as this
+        problem's frozen map does: minus the centring means (unchanged when uncentred)."""
+        mu_img, mu_txt = self.centring if self.centring is not None else (0.0, 0.0)
+        return (None if x is None else np.asarray(x, dtype=np.float64) - mu_img,
+                None if y is None else np.asarray(y, dtype=np.float64) - mu_txt)
 
     @property
     def n(self) -> int:
@@ -113,9 +123,10 @@ def build_problem(
     (docs/math.md §13). ``centre=False`` uses the features as saved.
     """
     feats = load_features(features_dir)
-    centre_split = None
+    centre_split, centring = None, None
     if centre:
         mu_img, mu_txt, centre_split = centring_means(feats)
+        centring = (mu_img, mu_txt)
         for key in [k for k in feats if k.startswith("x_")]:
             feats[key] = np.asarray(feats[key], dtype=np.float64) - mu_img
         for key in [k for k in feats if k.startswith("y_")] + (["class_text"] if "class_text" in feats else []):
@@ -153,7 +164,7 @@ def build_problem(
         "centre_split": centre_split,
     }
     return Problem(param=param, objective=objective, val=val, batching=bp, mask=mask, test_set=test_set,
-                   config=config)
+                   config=config, centring=centring)
 
 
 def save_fit(

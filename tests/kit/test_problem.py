@@ -173,6 +173,14 @@ def test_centring_uses_the_pretrain_means_everywhere(offset_folder):
     torch.testing.assert_close(problem.val._y, as_tensor(feats["y_val"] - my))
     torch.testing.assert_close(problem.test_set.x, as_tensor(feats["x_test"] - mx))
     torch.testing.assert_close(problem.test_set.class_text, as_tensor(feats["class_text"] - my))
+    np.testing.assert_array_equal(problem.centring[0], mx)
+    np.testing.assert_array_equal(problem.centring[1], my)
+    cx, cy = problem.centre_features(feats["x_val"], feats["y_val"])
+    torch.testing.assert_close(as_tensor(cx), problem.val._x)
+    torch.testing.assert_close(as_tensor(cy), problem.val._y)
+    raw = build_problem(folder, rank=1, lam=0.1, batch_size=256, seed=0, centre=False)
+    assert raw.centring is None and raw.centre_features(feats["x_val"])[0] is not None
+    np.testing.assert_array_equal(raw.centre_features(feats["x_val"])[0], feats["x_val"])
     # the statistic does not depend on the train pairs: changing them changes no mean
     changed = {**feats, "x_train": feats["x_train"] * 3.0, "y_train": feats["y_train"][::-1]}
     for a, b in zip(centring_means(feats)[:2], centring_means(changed)[:2]):
