@@ -111,16 +111,17 @@ def build_problem(
     seed: int,
     n_train: int | None = None,
     batching: BatchingProtocol | None = None,
-    centre: bool = True,
+    centre: bool = False,
 ) -> Problem:
     """Objective ``L`` (LoRA rank ``rank`` on the saved projections) and ``L_val`` from features.
 
     ``n_train`` keeps only the first ``n_train`` train pairs (tiny smoke runs). The training
     batching protocol is drawn from ``seed`` (unless given), the validation one from ``seed + 1``.
-    ``centre`` (default) subtracts the image and text means of the pretrain split
+    ``centre=True`` subtracts the image and text means of the pretrain split
     (:func:`centring_means`) from every feature that enters the problem (train, val, test
     images, class prompts) as part of the frozen map: the embedding is ``W (x - mean)``
-    (docs/math.md §13). ``centre=False`` uses the features as saved.
+    (docs/math.md §13): use it for features with a large common offset (the fit's warning names
+    one). ``centre=False`` (default, see §13 for why) uses the features as saved.
     """
     feats = load_features(features_dir)
     centre_split, centring = None, None
@@ -246,7 +247,7 @@ class FitSettings:
     max_iter: int = 100
     method: str = "newton-cg"
     n_train: int | None = None
-    centre: bool = True
+    centre: bool = False
 
     def problem_kwargs(self) -> dict:
         """The keyword arguments of :func:`build_problem`."""
@@ -260,7 +261,7 @@ def not_converged_message(problem: Problem, res, settings: FitSettings) -> str:
     ``finetune`` parameters that help."""
     return (f"the fit did not reach gtol={settings.gtol}: gradient norm {res.grad_norm:.3e} after "
             f"{res.iterations} {res.method} iterations.{diagnose(problem.objective, res.theta)} What to change: "
-            f"centre the features (FitSettings.centre / build_problem(centre=True), the default; now "
+            f"centre the features (FitSettings.centre / build_problem(centre=True); now "
             f"{settings.centre}); a larger finetune.lam (now {settings.lam}); a larger finetune.max_iter (now "
             f"{settings.max_iter}); finetune.method: newton (exact dense Newton steps; now {settings.method}). "
             f"Fit report: {res.summary()}")

@@ -46,13 +46,12 @@ def test_build_problem(saved):
     np.testing.assert_array_equal(problem.mask, d.misaligned[:50])
     assert problem.param.n_params == 2 * (5 + 5 + 2 * 4) + 1
     assert problem.config == {"features_dir": str(folder), "rank": 2, "lam": 0.3, "batch_size": 16, "seed": 1,
-                              "n_train": 50, "centre": True, "centre_split": "val"}
+                              "n_train": 50, "centre": False, "centre_split": None}
     # the zero-shot test set: float64 features of the test split and its labels
     test = problem.test_set
     assert isinstance(test, ZeroShotSet) and len(test) == 30 and test.x.dtype == torch.float64
     np.testing.assert_array_equal(test.labels, t.labels)
-    # centred with the validation means (these features hold no pretrain split)
-    ref = ZeroShotSet(t.x.astype(np.float32) - d.x_val.mean(0), d.class_text - d.y_val.mean(0), t.labels)
+    ref = ZeroShotSet(t.x.astype(np.float32), d.class_text, t.labels)
     theta0 = problem.param.theta0
     assert test.accuracy(problem.param, theta0) == ref.accuracy(problem.param, theta0)
 
@@ -94,9 +93,9 @@ def test_fitted_engine(saved):
 def test_fit_settings():
     s = FitSettings()
     assert (s.rank, s.lam, s.batch_size, s.seed, s.gtol, s.max_iter, s.method, s.n_train, s.centre) == (
-        1, 0.1, 64, 0, 1e-9, 100, "newton-cg", None, True)
+        1, 0.1, 64, 0, 1e-9, 100, "newton-cg", None, False)
     assert FitSettings(rank=3).problem_kwargs() == {"rank": 3, "lam": 0.1, "batch_size": 64, "seed": 0,
-                                                    "n_train": None, "centre": True}
+                                                    "n_train": None, "centre": False}
 
 
 # ------------------------------------------------------- centring (issue 10 point 4, docs/math.md §13)
@@ -132,8 +131,8 @@ def test_shared_offset_fit_converges_with_centring(offset_folder):
     iterations, gtol 1e-9): centred with the pretrain means, the fit converges in about 17
     iterations (uncentred it does not: next test)."""
     folder, feats = offset_folder
-    settings = FitSettings(batch_size=256)
-    assert (settings.lam, settings.gtol, settings.max_iter, settings.centre) == (0.1, 1e-9, 100, True)
+    settings = FitSettings(batch_size=256, centre=True)
+    assert (settings.lam, settings.gtol, settings.max_iter) == (0.1, 1e-9, 100)
     problem = build_problem(folder, **settings.problem_kwargs())
     assert problem.config["centre"] is True and problem.config["centre_split"] == "pretrain"
     assert offset_ratio(problem.objective._x) < 0.2 and offset_ratio(problem.objective._y) < 0.2
@@ -164,7 +163,7 @@ def test_shared_offset_fit_stalls_without_centring(offset_folder):
 
 def test_centring_uses_the_pretrain_means_everywhere(offset_folder):
     folder, feats = offset_folder
-    problem = build_problem(folder, rank=1, lam=0.1, batch_size=256, seed=0)
+    problem = build_problem(folder, rank=1, lam=0.1, batch_size=256, seed=0, centre=True)
     mx, my = feats["x_pretrain"].mean(0), feats["y_pretrain"].mean(0)
     x, y = problem.train_features
     torch.testing.assert_close(x, as_tensor(feats["x_train"] - mx))
@@ -199,7 +198,7 @@ def test_influence_after_centring_agrees_with_retraining(tmp_path):
     """Centring with a statistic of the pretrain split leaves ``L - L_{-k}`` exact: the exact-removal
     (newton) prediction of the validation-loss change matches warm-started retraining."""
     _offset_features(tmp_path, 120, 20.0, n_val=60, seed=2)
-    problem = build_problem(tmp_path, rank=1, lam=0.2, batch_size=40, seed=0)
+    problem = build_problem(tmp_path, rank=1, lam=0.2, batch_size=40, seed=0, centre=True)
     res = fit(problem.objective, gtol=1e-10)
     assert res.converged, res.summary()
     engine = ECIF(problem.objective, res.theta, solver="dense")
