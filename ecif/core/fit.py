@@ -11,7 +11,10 @@ objective (no mini-batches, no randomness), run until ``||grad L|| <= gtol``:
 * ``"auto"`` picks ``newton`` for ``P <= 3000``.
 
 Each step is followed by a backtracking (Armijo) line search. A fit that stops above ``gtol``
-warns with :class:`ConvergenceWarning` and returns ``converged=False``: never silently.
+warns with :class:`ConvergenceWarning` and returns ``converged=False``: never silently. The
+warning names the likely cause (:func:`diagnose`: an embedding collapsed towards zero, docs/math.md
+§12; features with a large common offset, §13; the largest curvature against ``lam``) and what to
+change.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ import torch
 from ecif.core.solvers import CGSolver
 from ecif.core.terms import DTYPE
 
-__all__ = ["FitResult", "ConvergenceWarning", "fit"]
+__all__ = ["FitResult", "ConvergenceWarning", "diagnose", "fit", "offset_ratio"]
+
+OFFSET_WARN = 3.0  # offset ratio above which uncentred features are named as a cause (docs/math.md §13)
 
 
 class ConvergenceWarning(RuntimeWarning):
@@ -92,6 +97,55 @@ def _collapse_hint(objective, theta) -> str:
                 "with normalised embeddings its direction is then free, a degenerate valley that a "
                 "larger lam (relative to 1/n) keeps the fit out of.")
     return ""
+
+
+def offset_ratio(z) -> float:
+    """``||mean(z)|| / mean_k ||z_k - mean(z)||`` of the rows of ``z``: how far a cloud of features
+    sits from the origin in units of its own spread (docs/math.md §13). Large values mean every
+    normalised embedding ``W z / ||W z||`` points nearly the same way."""
+    z = torch.as_tensor(z).to(DTYPE)
+    mu = z.mean(dim=0)
+    spread = float((z - mu).norm(dim=1).mean())
+    return float(mu.norm()) / spread if spread > 0 else float("inf")
+
+
+def _offset_hint(objective) -> str:
+    """Name a large common offset of the features (docs/math.md §13)."""
+    if not (hasattr(objective, "_x") and hasattr(objective, "_y")):
+        return ""
+    rx, ry = offset_ratio(objective._x), offset_ratio(objective._y)
+    if max(rx, ry) <= OFFSET_WARN:
+        return ""
+    return (f" The features share a large common offset (||mean|| / mean ||x - mean|| is {rx:.1f} for images, "
+            f"{ry:.1f} for texts): all embeddings W x point nearly the same way, the curvature along the "
+            "offset is far larger than along the rest and steps stall; centre the features with a "
+            "statistic that does not depend on the train pairs (the pretrain-split means, "
+            "ecif.kit.problem.build_problem(centre=True)).")
+
+
+def _curvature_hint(objective, theta, n_power: int = 20) -> str:
+    """The largest curvature (power iteration on Hessian-vector products) against ``lam``."""
+    if not (hasattr(objective, "hvp") and hasattr(objective, "lam")) or objective.lam <= 0:
+        return ""
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(objective.n_params, generator=gen, dtype=DTYPE)
+    v = v / v.norm()
+    top = 0.0
+    for _ in range(n_power):
+        hv = objective.hvp(theta, v).detach()
+        top = float(hv.norm())
+        if not np.isfinite(top) or top == 0.0:
+            return ""
+        v = hv / top
+    return (f" Largest Hessian eigenvalue about {top:.3g}, {top / objective.lam:.2g} times lam = "
+            f"{objective.lam:g} (a bound on the condition number where the data term is convex).")
+
+
+def diagnose(objective, theta) -> str:
+    """Likely causes of a fit that stopped above ``gtol``: an embedding collapsed towards zero,
+    a large common offset of the features, the spread of the curvature. Empty when none is
+    found (or the objective has no such structure)."""
+    return _collapse_hint(objective, theta) + _offset_hint(objective) + _curvature_hint(objective, theta)
 
 
 def fit(objective, theta_init: torch.Tensor | None = None, gtol: float = 1e-9, max_iter: int = 100,
@@ -188,9 +242,9 @@ def fit(objective, theta_init: torch.Tensor | None = None, gtol: float = 1e-9, m
     if warn and not result.converged:
         warnings.warn(
             f"fit did not converge: gradient norm {gnorm:.3e} > gtol {gtol:.1e} after {it} "
-            f"{method} iterations.{_collapse_hint(objective, theta)} Influence and leave-out ground "
-            "truth assume an optimum; raise max_iter, raise the regularisation lam, or loosen gtol "
-            "knowingly.",
+            f"{method} iterations.{diagnose(objective, theta)} Influence and leave-out ground "
+            "truth assume an optimum; centre the features, raise max_iter, raise the regularisation lam, "
+            "use method='newton', or loosen gtol knowingly.",
             ConvergenceWarning,
             stacklevel=2,
         )

@@ -131,12 +131,15 @@ def encode_set(embedder: Embedder, split: Split, clean: list[str] | None = None)
                    clean, {k: np.asarray(v) for k, v in split.attributes.items()})
 
 
-def respond(param, theta: torch.Tensor, view: SetView) -> np.ndarray:
-    """Index ``(n,)`` of the bank entry each image retrieves under the model ``(param, theta)``."""
+def respond(param, theta: torch.Tensor, view: SetView, centring=None) -> np.ndarray:
+    """Index ``(n,)`` of the bank entry each image retrieves under the model ``(param, theta)``;
+    ``centring``: the ``(image mean, text mean)`` the model's frozen map subtracts from the
+    features (``Problem.centring``, docs/math.md §13), ``None`` for none."""
     with torch.no_grad():
         wi = param.image_projection(theta).detach().numpy()
         wt = param.text_projection(theta).detach().numpy()
-    u, w = _norm(view.x_feat @ wi.T), _norm(view.bank_feat @ wt.T)
+    mu_img, mu_txt = centring if centring is not None else (0.0, 0.0)
+    u, w = _norm((view.x_feat - mu_img) @ wi.T), _norm((view.bank_feat - mu_txt) @ wt.T)
     return np.argmax(u @ w.T, axis=1)
 
 
@@ -204,12 +207,13 @@ def scenario_name(scenario) -> str:
 def run_shift_grid(embedder: Embedder, split: Split, param, theta, scenarios, seeds=(0,),
                    club_kw: dict | None = None, form: str = "scale_adjusted",
                    entropy_scale: float | None = None,
-                   estimator: E.GaussianConditional | None = None) -> pd.DataFrame:
+                   estimator: E.GaussianConditional | None = None, centring=None) -> pd.DataFrame:
     """One row per (scenario, seed): the clean ``split`` is P, the shifted copy Q; columns of
-    :func:`shift_scenario` plus ``scenario``, ``seed``, ``modality`` (visual/text/joint)."""
+    :func:`shift_scenario` plus ``scenario``, ``seed``, ``modality`` (visual/text/joint).
+    ``centring``: as in :func:`respond`."""
     club_kw = dict(club_kw or {})
     p = encode_set(embedder, split)
-    p_idx = respond(param, theta, p)
+    p_idx = respond(param, theta, p, centring)
     rows = []
     for seed in seeds:
         kw = {**club_kw, "seed": int(seed)}
@@ -221,7 +225,7 @@ def run_shift_grid(embedder: Embedder, split: Split, param, theta, scenarios, se
             mods = {shifts.modality(k) for k, _ in sc}
             rows.append({"scenario": scenario_name(sc), "seed": int(seed),
                          "modality": mods.pop() if len(mods) == 1 else "joint",
-                         **shift_scenario(p, p_idx, q, respond(param, theta, q), kw, form, entropy_scale,
+                         **shift_scenario(p, p_idx, q, respond(param, theta, q, centring), kw, form, entropy_scale,
                                            estimator)})
     return pd.DataFrame(rows)
 

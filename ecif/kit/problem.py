@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ecif.core.batching import BatchingProtocol
+from ecif.core.fit import diagnose
 from ecif.core.heads import LoRAHeads
 from ecif.core.terms import DTYPE
 from ecif.core.influence import ECIF
@@ -33,8 +34,8 @@ from ecif.data.features import load_features
 from ecif.experiments.zeroshot import ZeroShotSet
 from ecif.kit.files import read_json, write_json
 
-__all__ = ["FitSettings", "Fitted", "Problem", "as_tensor", "build_problem", "fit_corrupted", "load_fit",
-           "save_fit"]
+__all__ = ["FitSettings", "Fitted", "Problem", "as_tensor", "build_problem", "centring_means", "fit_corrupted",
+           "load_fit", "not_converged_message", "save_fit"]
 
 
 def as_tensor(a) -> torch.Tensor:
@@ -49,7 +50,9 @@ class Problem:
     ``objective`` is ``L`` on the (corrupted) train pairs, ``val`` is ``L_val`` (``lam = 0``) on
     the clean validation pairs, ``mask`` (n,) the ground-truth misaligned train pairs.
     ``test_set`` is the zero-shot evaluation set of the test split (``None`` when the data set
-    has no labels or class prompts).
+    has no labels or class prompts). ``centring`` holds the image and text means subtracted from
+    every feature (docs/math.md §13; ``None`` when uncentred): apply them to any other features
+    fed to this problem's model (:meth:`centre_features`).
     """
 
     param: LoRAHeads
@@ -59,10 +62,44 @@ class Problem:
     mask: np.ndarray
     test_set: ZeroShotSet | None
     config: dict = field(default_factory=dict)
+    centring: tuple[np.ndarray, np.ndarray] | None = None
+
+    def centre_features(self, x=None, y=None):
+        """Image features ``x`` and text features ``y`` (either may be ``None``) mapped as this
+        problem's frozen map does: minus the centring means (unchanged when uncentred)."""
+        mu_img, mu_txt = self.centring if self.centring is not None else (0.0, 0.0)
+        return (None if x is None else np.asarray(x, dtype=np.float64) - mu_img,
+                None if y is None else np.asarray(y, dtype=np.float64) - mu_txt)
 
     @property
     def n(self) -> int:
         return self.objective.n
+
+    @property
+    def train_features(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The train features ``(x, y)`` as the objective sees them (float64, centred when the
+        problem was built with ``centre=True``, docs/math.md §13): rebuild objectives on the same
+        pairs (other batch sizes, other ``lam``) from these, not from the saved files."""
+        return self.objective._x, self.objective._y
+
+
+def centring_means(feats: dict) -> tuple[np.ndarray, np.ndarray, str]:
+    """The means subtracted from image and text features when centring (docs/math.md §13).
+
+    Taken from the ``pretrain`` split (the clean pairs of the frozen encoder), or from the
+    ``val`` split when the features hold no pretrain split: never from the train pairs, so
+    removing train pairs leaves the frozen map unchanged and influence stays exact. Columns
+    that are constant on that split (the constant-1 feature carrying a projection bias,
+    ``ecif.data.features``) are not shifted. Returns ``(mean_img, mean_txt, split)``.
+    """
+    split = "pretrain" if "x_pretrain" in feats and "y_pretrain" in feats else "val"
+    means = []
+    for key in (f"x_{split}", f"y_{split}"):
+        z = np.asarray(feats[key], dtype=np.float64)
+        mu = z.mean(axis=0)
+        mu[z.std(axis=0) == 0] = 0.0
+        means.append(mu)
+    return means[0], means[1], split
 
 
 def build_problem(
@@ -74,13 +111,27 @@ def build_problem(
     seed: int,
     n_train: int | None = None,
     batching: BatchingProtocol | None = None,
+    centre: bool = False,
 ) -> Problem:
     """Objective ``L`` (LoRA rank ``rank`` on the saved projections) and ``L_val`` from features.
 
     ``n_train`` keeps only the first ``n_train`` train pairs (tiny smoke runs). The training
     batching protocol is drawn from ``seed`` (unless given), the validation one from ``seed + 1``.
+    ``centre=True`` subtracts the image and text means of the pretrain split
+    (:func:`centring_means`) from every feature that enters the problem (train, val, test
+    images, class prompts) as part of the frozen map: the embedding is ``W (x - mean)``
+    (docs/math.md §13): use it for features with a large common offset (the fit's warning names
+    one). ``centre=False`` (default, see §13 for why) uses the features as saved.
     """
     feats = load_features(features_dir)
+    centre_split, centring = None, None
+    if centre:
+        mu_img, mu_txt, centre_split = centring_means(feats)
+        centring = (mu_img, mu_txt)
+        for key in [k for k in feats if k.startswith("x_")]:
+            feats[key] = np.asarray(feats[key], dtype=np.float64) - mu_img
+        for key in [k for k in feats if k.startswith("y_")] + (["class_text"] if "class_text" in feats else []):
+            feats[key] = np.asarray(feats[key], dtype=np.float64) - mu_txt
     x, y = feats["x_train"], feats["y_train"]
     mask = np.asarray(feats.get("noise_mask", np.zeros(len(x), dtype=bool)), dtype=bool)
     if n_train is not None:
@@ -110,9 +161,11 @@ def build_problem(
         "batch_size": batch_size,
         "seed": seed,
         "n_train": n_train,
+        "centre": bool(centre),
+        "centre_split": centre_split,
     }
     return Problem(param=param, objective=objective, val=val, batching=bp, mask=mask, test_set=test_set,
-                   config=config)
+                   config=config, centring=centring)
 
 
 def save_fit(
@@ -163,6 +216,7 @@ def load_fit(fit_dir: str | Path) -> Fitted:
         batch_size=cfg["batch_size"],
         seed=cfg["seed"],
         n_train=cfg["n_train"],
+        centre=cfg.get("centre", False),  # fits saved before centring existed were uncentred
         batching=BatchingProtocol(np.load(fit_dir / "batching.npy", allow_pickle=False)),
     )
     theta = as_tensor(np.load(fit_dir / "theta_hat.npy"))
@@ -181,7 +235,8 @@ class FitSettings:
     ``rank``: LoRA rank; ``lam``: L2 pull towards ``theta0``; ``batch_size``: fixed batches of
     the contrastive loss (``None``: one batch); ``seed``: LoRA init and batching protocol;
     ``gtol``, ``max_iter``, ``method``: the fit (:func:`ecif.core.fit.fit`); ``n_train``: keep
-    only the first ``n_train`` train pairs (``None``: all).
+    only the first ``n_train`` train pairs (``None``: all); ``centre``: centre the features with
+    the pretrain means (:func:`build_problem`, docs/math.md §13).
     """
 
     rank: int = 1
@@ -192,11 +247,24 @@ class FitSettings:
     max_iter: int = 100
     method: str = "newton-cg"
     n_train: int | None = None
+    centre: bool = False
 
     def problem_kwargs(self) -> dict:
         """The keyword arguments of :func:`build_problem`."""
         d = asdict(self)
-        return {k: d[k] for k in ("rank", "lam", "batch_size", "seed", "n_train")}
+        return {k: d[k] for k in ("rank", "lam", "batch_size", "seed", "n_train", "centre")}
+
+
+def not_converged_message(problem: Problem, res, settings: FitSettings) -> str:
+    """Why a fit stopped above ``gtol`` and what to change: the gradient norm reached, the
+    offset ratio of the train features (:func:`ecif.core.fit.offset_ratio`), an embedding collapse, and the
+    ``finetune`` parameters that help."""
+    return (f"the fit did not reach gtol={settings.gtol}: gradient norm {res.grad_norm:.3e} after "
+            f"{res.iterations} {res.method} iterations.{diagnose(problem.objective, res.theta)} What to change: "
+            f"centre the features (FitSettings.centre / build_problem(centre=True); now "
+            f"{settings.centre}); a larger finetune.lam (now {settings.lam}); a larger finetune.max_iter (now "
+            f"{settings.max_iter}); finetune.method: newton (exact dense Newton steps; now {settings.method}). "
+            f"Fit report: {res.summary()}")
 
 
 def _zero_shot(problem: Problem, theta: torch.Tensor) -> float:
@@ -247,7 +315,7 @@ def fit_corrupted(
     problem = build_problem(features_dir, **settings.problem_kwargs())
     res = fit(problem.objective, gtol=settings.gtol, max_iter=settings.max_iter, method=settings.method)
     if not res.converged:
-        raise RuntimeError(f"the fit did not reach gtol={settings.gtol}: {res.summary()}")
+        raise RuntimeError(not_converged_message(problem, res, settings))
     hessian = problem.objective.hessian(res.theta)
     fit_s = time.perf_counter() - t0
     info = {

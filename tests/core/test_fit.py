@@ -3,7 +3,7 @@ import torch
 
 from core_problems import fitted_loo_problem, tiny_objective
 
-from ecif.core.fit import ConvergenceWarning, fit
+from ecif.core.fit import ConvergenceWarning, diagnose, fit, offset_ratio
 
 
 @pytest.mark.parametrize("method", ["newton", "newton-cg"])
@@ -52,3 +52,23 @@ def test_fit_argument_errors():
         fit(obj, theta_init=torch.zeros(2, dtype=torch.float64))
     with pytest.raises(ValueError, match="gtol"):
         fit(obj, gtol=0)
+
+
+def test_offset_ratio_and_diagnosis():
+    """``offset_ratio`` is ||mean|| / mean ||z - mean||; the diagnosis names a large offset and the
+    largest curvature (docs/math.md §13), and nothing about the offset for centred features."""
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(500, 6, generator=g, dtype=torch.float64)
+    z = z - z.mean(0)
+    spread = float(z.norm(dim=1).mean())
+    u = torch.zeros(6, dtype=torch.float64)
+    u[2] = 1.0
+    assert offset_ratio(z) == pytest.approx(0.0, abs=1e-12)
+    assert offset_ratio(z + 7.0 * spread * u) == pytest.approx(7.0, rel=1e-12)
+    obj = tiny_objective("linear", n=12, lam=0.1)
+    plain = diagnose(obj, obj.theta0)
+    assert "common offset" not in plain and "Largest Hessian eigenvalue" in plain
+    top = float(torch.linalg.eigvalsh(obj.hessian(obj.theta0)).abs().max())
+    assert f"{top:.3g}" in plain  # the power iteration finds the largest eigenvalue
+    shifted = type(obj)(obj.param, obj._x + 50.0 * obj._x.norm(dim=1).mean(), obj._y, obj.batching, lam=0.1)
+    assert "common offset" in diagnose(shifted, obj.theta0)

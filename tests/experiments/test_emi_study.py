@@ -126,3 +126,16 @@ def test_the_random_set_is_not_the_injected_one() -> None:
         assert mask[sets["random"]].mean() < 0.6
         assert np.array_equal(sets["oracle"], np.flatnonzero(mask))
         assert np.array_equal(sets["ecif"], np.arange(80, 100))
+
+
+def test_respond_applies_the_models_centring() -> None:
+    """A model fitted on centred features (docs/math.md §13) answers on features centred the same
+    way: with a large common offset added to the raw features, ``respond`` given the offsets as
+    ``centring`` retrieves exactly what it retrieves without the offset."""
+    v = hand_view()
+    right = S.respond(Identity(), None, v)
+    off_img, off_txt = np.array([30.0, 0.0, 0.0, 0.0]), np.array([0.0, 0.0, 0.0, 30.0])
+    shifted = S.SetView(x_feat=v.x_feat + off_img, bank_feat=v.bank_feat + off_txt, z_v=v.z_v, z_t=v.z_t,
+                        z_y=v.z_y, clean=v.clean, attributes=v.attributes)
+    assert not np.array_equal(S.respond(Identity(), None, shifted), right)
+    assert np.array_equal(S.respond(Identity(), None, shifted, (off_img, off_txt)), right)

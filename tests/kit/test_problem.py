@@ -4,12 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from ecif.core.fit import fit
+from ecif.core.evaluate import validation_gradient
+from ecif.core.fit import ConvergenceWarning, fit, offset_ratio
 from ecif.core.influence import ECIF
+from core_problems import pearson
+
 from ecif.data.features import save_features
 from ecif.data.synthetic import synthetic_pairs
+from ecif.experiments.retraining import loo_val_changes
 from ecif.experiments.zeroshot import ZeroShotSet
-from ecif.kit.problem import FitSettings, Fitted, build_problem, load_fit, save_fit
+from ecif.kit.problem import (FitSettings, Fitted, as_tensor, build_problem, centring_means, load_fit,
+                              not_converged_message, save_fit)
 
 
 def _features(folder, labels: bool = True):
@@ -41,7 +46,7 @@ def test_build_problem(saved):
     np.testing.assert_array_equal(problem.mask, d.misaligned[:50])
     assert problem.param.n_params == 2 * (5 + 5 + 2 * 4) + 1
     assert problem.config == {"features_dir": str(folder), "rank": 2, "lam": 0.3, "batch_size": 16, "seed": 1,
-                              "n_train": 50}
+                              "n_train": 50, "centre": False, "centre_split": None}
     # the zero-shot test set: float64 features of the test split and its labels
     test = problem.test_set
     assert isinstance(test, ZeroShotSet) and len(test) == 30 and test.x.dtype == torch.float64
@@ -87,7 +92,122 @@ def test_fitted_engine(saved):
 
 def test_fit_settings():
     s = FitSettings()
-    assert (s.rank, s.lam, s.batch_size, s.seed, s.gtol, s.max_iter, s.method, s.n_train) == (
-        1, 0.1, 64, 0, 1e-9, 100, "newton-cg", None)
+    assert (s.rank, s.lam, s.batch_size, s.seed, s.gtol, s.max_iter, s.method, s.n_train, s.centre) == (
+        1, 0.1, 64, 0, 1e-9, 100, "newton-cg", None, False)
     assert FitSettings(rank=3).problem_kwargs() == {"rank": 3, "lam": 0.1, "batch_size": 64, "seed": 0,
-                                                    "n_train": None}
+                                                    "n_train": None, "centre": False}
+
+
+# ------------------------------------------------------- centring (issue 10 point 4, docs/math.md §13)
+
+
+def _offset_features(folder, n: int, offset: float, n_val: int = 200, seed: int = 0):
+    """Synthetic features with a large common offset: every image feature is shifted by
+    ``offset`` times the spread of the image cloud along one unit vector, every text feature
+    likewise along another (the pretrain split is a separate draw of the same distribution)."""
+    d = synthetic_pairs(2 * n, n_val=n_val, d_img=8, d_txt=8, width=4, shuffle_rate=0.1, seed=seed)
+    rng = np.random.default_rng(seed + 5)
+    ux, uy = rng.normal(size=8), rng.normal(size=8)
+    ux, uy = ux / np.linalg.norm(ux), uy / np.linalg.norm(uy)
+    sx = np.linalg.norm(d.x - d.x.mean(0), axis=1).mean()
+    sy = np.linalg.norm(d.y - d.y.mean(0), axis=1).mean()
+    ox, oy = offset * sx * ux, offset * sy * uy
+    feats = {"x_pretrain": d.x[n:] + ox, "y_pretrain": d.y[n:] + oy, "x_train": d.x[:n] + ox,
+             "y_train": d.y[:n] + oy, "noise_mask": d.misaligned[:n], "x_val": d.x_val + ox, "y_val": d.y_val + oy,
+             "x_test": d.x_val + ox, "labels_test": d.labels_val.astype(np.int64), "class_text": d.class_text + oy,
+             "W_img": d.w_img0, "W_txt": d.w_txt0, "log_logit_scale": np.asarray(d.log_scale0), "meta": {}}
+    save_features(folder, feats)
+    return feats
+
+
+@pytest.fixture(scope="module")
+def offset_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("offset_features")
+    return folder, _offset_features(folder, 1000, 20.0)
+
+
+def test_shared_offset_fit_converges_with_centring(offset_folder):
+    """n = 1000, batches of 256, lam = 0.1, the kit's fit settings (newton-cg, at most 100
+    iterations, gtol 1e-9): centred with the pretrain means, the fit converges in about 17
+    iterations (uncentred it does not: next test)."""
+    folder, feats = offset_folder
+    settings = FitSettings(batch_size=256, centre=True)
+    assert (settings.lam, settings.gtol, settings.max_iter) == (0.1, 1e-9, 100)
+    problem = build_problem(folder, **settings.problem_kwargs())
+    assert problem.config["centre"] is True and problem.config["centre_split"] == "pretrain"
+    assert offset_ratio(problem.objective._x) < 0.2 and offset_ratio(problem.objective._y) < 0.2
+    res = fit(problem.objective, gtol=settings.gtol, max_iter=settings.max_iter, method=settings.method)
+    assert res.converged and res.grad_norm <= 1e-9 and res.iterations <= 40, res.summary()
+
+
+def test_shared_offset_fit_stalls_without_centring(offset_folder):
+    """The failure mode: the same features uncentred (offset ratio about 20) start with nearly
+    parallel normalised embeddings (mean cosine 0.996), the Hessian at the optimum spans about
+    0.1 .. 5.7e3, and newton-cg stops near gradient norm 2 after 100 iterations; the warning
+    and fit_corrupted's error say why and what to change."""
+    folder, _ = offset_folder
+    settings = FitSettings(batch_size=256, centre=False)
+    raw = build_problem(folder, **settings.problem_kwargs())
+    assert raw.config["centre"] is False and raw.config["centre_split"] is None
+    assert offset_ratio(raw.objective._x) > 15 and offset_ratio(raw.objective._y) > 15
+    with pytest.warns(ConvergenceWarning, match="common offset") as caught:
+        bad = fit(raw.objective, gtol=settings.gtol, max_iter=settings.max_iter, method=settings.method)
+    assert not bad.converged and bad.grad_norm > 1e-6
+    text = str(caught[-1].message)
+    assert "Largest Hessian eigenvalue" in text and "centre" in text and "lam" in text
+    msg = not_converged_message(raw, bad, settings)
+    for needle in ("gradient norm", "common offset", "centre", "finetune.lam", "finetune.max_iter",
+                   "finetune.method: newton"):
+        assert needle in msg, needle
+
+
+def test_centring_uses_the_pretrain_means_everywhere(offset_folder):
+    folder, feats = offset_folder
+    problem = build_problem(folder, rank=1, lam=0.1, batch_size=256, seed=0, centre=True)
+    mx, my = feats["x_pretrain"].mean(0), feats["y_pretrain"].mean(0)
+    x, y = problem.train_features
+    torch.testing.assert_close(x, as_tensor(feats["x_train"] - mx))
+    torch.testing.assert_close(y, as_tensor(feats["y_train"] - my))
+    torch.testing.assert_close(problem.val._x, as_tensor(feats["x_val"] - mx))
+    torch.testing.assert_close(problem.val._y, as_tensor(feats["y_val"] - my))
+    torch.testing.assert_close(problem.test_set.x, as_tensor(feats["x_test"] - mx))
+    torch.testing.assert_close(problem.test_set.class_text, as_tensor(feats["class_text"] - my))
+    np.testing.assert_array_equal(problem.centring[0], mx)
+    np.testing.assert_array_equal(problem.centring[1], my)
+    cx, cy = problem.centre_features(feats["x_val"], feats["y_val"])
+    torch.testing.assert_close(as_tensor(cx), problem.val._x)
+    torch.testing.assert_close(as_tensor(cy), problem.val._y)
+    raw = build_problem(folder, rank=1, lam=0.1, batch_size=256, seed=0, centre=False)
+    assert raw.centring is None and raw.centre_features(feats["x_val"])[0] is not None
+    np.testing.assert_array_equal(raw.centre_features(feats["x_val"])[0], feats["x_val"])
+    # the statistic does not depend on the train pairs: changing them changes no mean
+    changed = {**feats, "x_train": feats["x_train"] * 3.0, "y_train": feats["y_train"][::-1]}
+    for a, b in zip(centring_means(feats)[:2], centring_means(changed)[:2]):
+        np.testing.assert_array_equal(a, b)
+    # without a pretrain split the validation split gives the means; a constant column (the
+    # constant-1 feature of a projection bias) is never shifted
+    no_pre = {k: v for k, v in feats.items() if not k.endswith("_pretrain")}
+    no_pre["x_val"] = np.c_[feats["x_val"][:, :-1], np.ones(len(feats["x_val"]))]
+    mu_img, mu_txt, split = centring_means(no_pre)
+    assert split == "val" and mu_img[-1] == 0.0
+    np.testing.assert_allclose(mu_img[:-1], feats["x_val"][:, :-1].mean(0))
+    np.testing.assert_allclose(mu_txt, feats["y_val"].mean(0))
+
+
+def test_influence_after_centring_agrees_with_retraining(tmp_path):
+    """Centring with a statistic of the pretrain split leaves ``L - L_{-k}`` exact: the exact-removal
+    (newton) prediction of the validation-loss change matches warm-started retraining."""
+    _offset_features(tmp_path, 120, 20.0, n_val=60, seed=2)
+    problem = build_problem(tmp_path, rank=1, lam=0.2, batch_size=40, seed=0, centre=True)
+    res = fit(problem.objective, gtol=1e-10)
+    assert res.converged, res.summary()
+    engine = ECIF(problem.objective, res.theta, solver="dense")
+    g_val = validation_gradient(problem.val, res.theta)
+    idx = np.r_[np.flatnonzero(problem.mask)[:3], np.flatnonzero(~problem.mask)[:3]]
+    table = loo_val_changes(problem.objective, res.theta, problem.val, idx, gtol=1e-10)
+    assert table["converged"].all()
+    predicted = np.array([engine.predicted_change(g_val, [int(k)], variant="newton") for k in idx])
+    actual = table["actual"].to_numpy()
+    # one Newton step with the full-data Hessian: close, not equal, at n = 120
+    assert pearson(predicted, actual) >= 0.95
+    np.testing.assert_allclose(predicted, actual, rtol=0.5, atol=0.1 * np.abs(actual).max())
