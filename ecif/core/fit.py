@@ -120,7 +120,7 @@ def _offset_hint(objective) -> str:
             f"{ry:.1f} for texts): all embeddings W x point nearly the same way, the curvature along the "
             "offset is far larger than along the rest and steps stall; centre the features with a "
             "statistic that does not depend on the train pairs (the pretrain-split means, "
-            "ecif.kit.problem.build_problem(centre=True)).")
+            "finetune.centre: true in params.yaml, or ecif.kit.problem.build_problem(centre=True)).")
 
 
 def _curvature_hint(objective, theta, n_power: int = 20) -> str:

@@ -129,7 +129,7 @@ class Spec:
             text = f"a list of {'unique ' if self.unique else ''}values, at least {self.min_len}, each " + (
                 self.item.allowed() if self.item else "any")
         else:
-            text = {"int": "an integer", "float": "a number", "str": "a text"}[self.type]
+            text = {"int": "an integer", "float": "a number", "str": "a text", "bool": "true or false"}[self.type]
             bounds = [f"{op} {b:g}" for op, b in ((">", self.gt), (">=", self.ge), ("<", self.lt), ("<=", self.le))
                       if b is not None]
             if bounds:
@@ -157,6 +157,9 @@ class Spec:
             if not _is_number(value):
                 return f"has the wrong type ({type(value).__name__})" if not _is_number(value) and not isinstance(
                     value, float) else "is not finite"
+        elif self.type == "bool":
+            if not isinstance(value, bool):
+                return f"has the wrong type ({type(value).__name__}, not true/false)"
         elif self.type == "str":
             if not isinstance(value, str) or not value.strip():
                 return f"has the wrong type ({type(value).__name__})" if not isinstance(value, str) else "is empty"
@@ -212,6 +215,10 @@ def Num(meaning: str, example: float, **kw) -> Spec:
 
 def Choice(meaning: str, choices: tuple, example: Any = None, **kw) -> Spec:
     return Spec("choice", meaning, choices[0] if example is None else example, choices=tuple(choices), **kw)
+
+
+def Flag(meaning: str, example: bool, **kw) -> Spec:
+    return Spec("bool", meaning, example, **kw)
 
 
 def Text(meaning: str, example: str, **kw) -> Spec:
@@ -275,6 +282,9 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "max_iter": Int("Newton steps at most", 100, ge=1),
         "method": Choice("optimiser of the fit", FIT_METHODS, "newton-cg"),
         "n_train": Int("use only the first n train pairs", 120, ge=2, nullable=True, null_means="all"),
+        "centre": Flag("subtract the pretrain split's feature means inside the frozen map (docs/math.md §13)",
+                       True, hint="true for pretrained CLIP features (a large shared direction); the embedded "
+                       "encoder was trained on uncentred features"),
     },
     "loo": {
         "n_pairs": Int("pairs retrained without (leave-one-out ground truth)", 40, ge=2),

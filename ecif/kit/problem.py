@@ -261,8 +261,8 @@ def not_converged_message(problem: Problem, res, settings: FitSettings) -> str:
     ``finetune`` parameters that help."""
     return (f"the fit did not reach gtol={settings.gtol}: gradient norm {res.grad_norm:.3e} after "
             f"{res.iterations} {res.method} iterations.{diagnose(problem.objective, res.theta)} What to change: "
-            f"centre the features (FitSettings.centre / build_problem(centre=True); now "
-            f"{settings.centre}); a larger finetune.lam (now {settings.lam}); a larger finetune.max_iter (now "
+            f"centre the features (finetune.centre: true, i.e. FitSettings(centre=True); now "
+            f"{str(settings.centre).lower()}); a larger finetune.lam (now {settings.lam}); a larger finetune.max_iter (now "
             f"{settings.max_iter}); finetune.method: newton (exact dense Newton steps; now {settings.method}). "
             f"Fit report: {res.summary()}")
 

@@ -60,6 +60,8 @@ def test_typo_in_a_group_name(good: dict) -> None:
         ("finetune", "batch_size", 0, "finetune.batch_size = 0 is out of range: must be an integer >= 2 or null"),
         ("finetune", "batch_size", 32.5, "finetune.batch_size = 32.5 has the wrong type (float)"),
         ("finetune", "method", "lbfgs", "must be one of newton, newton-cg, auto"),
+        ("finetune", "centre", 1, "finetune.centre = 1 has the wrong type (int, not true/false)"),
+        ("finetune", "centre", "yes", "must be true or false"),
         ("encoder", "epochs", True, "encoder.epochs = true has the wrong type (bool)"),
         ("common", "seed", -1, "common.seed = -1 is out of range: must be an integer >= 0"),
         ("common", "dataset", "mnist", "must be one of digits, shapes"),

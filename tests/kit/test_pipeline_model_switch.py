@@ -31,7 +31,7 @@ def model_switch_run(tmp_path_factory) -> tuple[Path, Path]:
     overrides = {
         "common": {"encoder": str(ckpt.parent), "device": "cpu"},
         "noise": {"n_gallery": 4},
-        "finetune": {"n_train": 80, "batch_size": 32},
+        "finetune": {"n_train": 80, "batch_size": 32, "centre": True},  # a pretrained model: centred features
         "loo": {"n_pairs": 4, "n_misaligned": 2},
     }
     return run_pipeline(base / "project", overrides, stages=STAGES), ckpt
@@ -57,6 +57,8 @@ def test_fit_and_influence_metrics(model_switch_run) -> None:
     assert fit["fit"]["converged"] is True and fit["fit"]["grad_norm"] <= 1e-8
     assert fit["fit"]["n_train"] == 80 and 0 < fit["fit"]["n_misaligned"] < 80
     assert fit["hessian"]["min_eigenvalue"] > 0
+    config = json.loads((root / "artifacts" / "finetune" / "fit.json").read_text())["config"]
+    assert config["centre"] is True and config["centre_split"] == "pretrain"  # finetune.centre reached the fit
     loo = json.loads((root / "metrics" / "loo.json").read_text())["loo"]
     assert loo["n_pairs"] == 4 and loo["refit_all_converged"] is True
     for variant in ("positive", "negative", "ecif", "newton"):
