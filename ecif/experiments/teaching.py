@@ -42,7 +42,7 @@ __all__ = [
     "Digits", "LogisticFit", "digits_problem", "logistic_loss", "logistic_grad", "logistic_hessian",
     "fit_logistic", "logistic_influence", "logistic_loo", "lam_sweep", "damping_sweep",
     "ContrastiveDemo", "contrastive_demo", "pair_roles", "zeta_check", "contrastive_loo",
-    "findings",
+    "findings", "row", "flipped_among_most_harmful", "check_guess",
 ]
 
 DT = torch.float64
@@ -159,20 +159,50 @@ def logistic_influence(data: Digits, res: LogisticFit, damping: float = 0.0) -> 
     return (per_point @ h / n).numpy()
 
 
+def _batched_loo(data: Digits, res: LogisticFit, gtol: float = 1e-9, max_iter: int = 50):
+    """``theta_hat_{-k}`` for every ``k`` at once: Newton with backtracking on the ``n`` objectives
+    ``L_{-k}`` side by side (row ``k`` of every array is refit ``k``), warm-started at
+    ``theta_hat``. Returns the ``(n, d)`` refits and their largest gradient norm."""
+    x, y, lam = data.x, data.y, res.lam
+    n, d = x.shape
+    keep = 1.0 - torch.eye(n, dtype=DT)  # keep[k, j]: refit k keeps example j
+    theta = res.theta.expand(n, d).clone()
+
+    def losses(th):
+        return (torch.nn.functional.softplus(-(th @ x.T) * y) * keep).sum(1) / n \
+            + 0.5 * lam * (th * th).sum(1)
+
+    for _ in range(max_iter):
+        z = (theta @ x.T) * y  # (n, n): margins of every example under every refit
+        g = ((-y * torch.sigmoid(-z)) * keep) @ x / n + lam * theta
+        gnorm = g.norm(dim=1)
+        if float(gnorm.max()) <= gtol:
+            break
+        p = torch.sigmoid(theta @ x.T)
+        w = p * (1 - p) * keep
+        H = torch.einsum("kj,ja,jb->kab", w, x, x) / n + lam * torch.eye(d, dtype=DT)
+        step = torch.linalg.solve(H, g.unsqueeze(-1)).squeeze(-1)
+        f0, a = losses(theta), torch.ones(n, dtype=DT)
+        for _ in range(40):  # halve the step of the refits whose loss went up
+            worse = losses(theta - a[:, None] * step) > f0 + 1e-14 * f0.abs()  # round-off
+            if not bool(worse.any()):
+                break
+            a = torch.where(worse, a / 2, a)
+        theta = theta - a[:, None] * step
+    z = (theta @ x.T) * y
+    g = ((-y * torch.sigmoid(-z)) * keep) @ x / n + lam * theta
+    return theta, float(g.norm(dim=1).max())
+
+
 def logistic_loo(data: Digits, res: LogisticFit, damping: float = 0.0) -> dict:
-    """Exact leave-one-out for every training point (Newton, warm start at ``theta_hat``) against
-    the influence estimate. Returns ``predicted``, ``actual`` (test-loss changes), ``flipped``,
-    ``pearson``, ``spearman``, ``slope`` (least squares of predicted on actual), ``max_grad_norm``
-    of the refits."""
-    n = len(data.y)
+    """Exact leave-one-out for every training point (Newton, warm start at ``theta_hat``, all
+    refits side by side) against the influence estimate. Returns ``predicted``, ``actual``
+    (test-loss changes), ``flipped``, ``pearson``, ``spearman``, ``slope`` (least squares of
+    predicted on actual), ``max_grad_norm`` of the refits."""
     base = float(logistic_loss(res.theta, data.x_test, data.y_test))
-    actual, worst = np.empty(n), 0.0
-    for k in range(n):
-        keep = torch.ones(n, dtype=DT)
-        keep[k] = 0
-        th, _, gn = _newton(res.theta, data.x, data.y, res.lam, keep=keep)
-        actual[k] = float(logistic_loss(th, data.x_test, data.y_test)) - base
-        worst = max(worst, gn)
+    thetas, worst = _batched_loo(data, res)
+    test = torch.nn.functional.softplus(-(thetas @ data.x_test.T) * data.y_test).mean(1)
+    actual = (test - base).numpy()
     pred = logistic_influence(data, res, damping)
     agree = loo_agreement(pred, actual)
     slope = float(pred @ actual / (actual @ actual))
@@ -352,3 +382,38 @@ def findings(toy: dict, lam_rows: list[dict], damping_rows: list[dict], zeta: di
         out.append(f"On misaligned pairs the Pearson is {mis['positive']:.3f} for positive-only and "
                    f"{mis['ecif']:.3f} for ECIF.")
     return out
+
+
+# -------------------------------------------------------------------------- exercises
+
+
+def row(rows: list[dict], key: str, value: float) -> dict:
+    """The row of a sweep (:func:`lam_sweep`, :func:`damping_sweep`) whose ``key`` equals
+    ``value`` (relative tolerance 1e-9)."""
+    for r in rows:
+        if math.isclose(r[key], value, rel_tol=1e-9, abs_tol=0.0) or r[key] == value:
+            return r
+    raise KeyError(f"no row with {key} = {value:g} (have {[r[key] for r in rows]})")
+
+
+def flipped_among_most_harmful(loo: dict, top: int = 10) -> int:
+    """How many flipped labels are among the ``top`` examples with the most negative estimate."""
+    order = np.argsort(np.asarray(loo["predicted"]), kind="stable")[:top]
+    return int(np.asarray(loo["flipped"], bool)[order].sum())
+
+
+def check_guess(guess, truth) -> str:
+    """The check cell of an exercise: compares the learner's ``guess`` with the computed
+    ``truth`` (numbers within 1e-9, anything else by equality)."""
+    if guess is None:
+        return "Set your guess first (replace None), then run this cell again."
+    if isinstance(truth, tuple):
+        truth = tuple(bool(t) if isinstance(t, (bool, np.bool_)) else t for t in truth)
+    elif isinstance(truth, np.bool_):
+        truth = bool(truth)
+    if isinstance(truth, (float, np.floating)) and isinstance(guess, (int, float)):
+        right = math.isclose(float(guess), float(truth), rel_tol=1e-9, abs_tol=1e-12)
+    else:
+        right = guess == truth
+    verdict = "Right" if right else "Not this time"
+    return f"{verdict}: you said {guess!r}, the notebook computed {truth!r}."
