@@ -70,7 +70,13 @@ def test_stage_runs_keep_their_root_with_the_ecif_kernel(ecif_kernel: Path, tmp_
     assert kernel.ROOT_ENV not in os.environ
 
 
-@pytest.mark.slow
+def test_every_notebook_asks_for_the_ecif_kernel() -> None:
+    """Lab starts the kernel a notebook names: ``ecif``, the one that starts in the root."""
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        spec = json.loads(nb.read_text())["metadata"].get("kernelspec", {})
+        assert spec.get("name") == kernel.KERNEL_NAME, f"{nb.name}: kernelspec {spec}"
+
+
 def test_notebook_00_runs_from_another_directory(ecif_kernel: Path, tmp_path: Path) -> None:
     elsewhere = tmp_path / "somewhere" / "else"
     elsewhere.mkdir(parents=True)
