@@ -132,6 +132,20 @@ def _newton(theta, x, y, lam, keep=None, gtol=1e-11, max_iter=100):
     return theta, max_iter, float(logistic_grad(theta, x, y, lam, keep=keep).norm())
 
 
+def _one_thread(fn):
+    """Run ``fn`` on one torch thread: these problems are too small to gain from more, and on a
+    busy machine extra threads only wait for each other."""
+    def wrapped(*args, **kwargs):
+        saved = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(saved)
+    wrapped.__doc__, wrapped.__name__ = fn.__doc__, fn.__name__
+    return wrapped
+
+
 @dataclass
 class LogisticFit:
     theta: torch.Tensor
@@ -141,6 +155,7 @@ class LogisticFit:
     min_eig: float  #: smallest eigenvalue of the Hessian at ``theta`` (regulariser included)
 
 
+@_one_thread
 def fit_logistic(data: Digits, lam: float) -> LogisticFit:
     """``theta_hat`` by Newton from 0, in float64, to a gradient norm below 1e-11 (or 100 steps)."""
     theta0 = torch.zeros(data.x.shape[1], dtype=DT)
@@ -180,7 +195,7 @@ def _batched_loo(data: Digits, res: LogisticFit, gtol: float = 1e-9, max_iter: i
             break
         p = torch.sigmoid(theta @ x.T)
         w = p * (1 - p) * keep
-        H = torch.einsum("kj,ja,jb->kab", w, x, x) / n + lam * torch.eye(d, dtype=DT)
+        H = (w[:, :, None] * x).transpose(1, 2) @ x / n + lam * torch.eye(d, dtype=DT)  # (n, d, d)
         step = torch.linalg.solve(H, g.unsqueeze(-1)).squeeze(-1)
         f0, a = losses(theta), torch.ones(n, dtype=DT)
         for _ in range(40):  # halve the step of the refits whose loss went up
@@ -194,6 +209,7 @@ def _batched_loo(data: Digits, res: LogisticFit, gtol: float = 1e-9, max_iter: i
     return theta, float(g.norm(dim=1).max())
 
 
+@_one_thread
 def logistic_loo(data: Digits, res: LogisticFit, damping: float = 0.0) -> dict:
     """Exact leave-one-out for every training point (Newton, warm start at ``theta_hat``, all
     refits side by side) against the influence estimate. Returns ``predicted``, ``actual``
@@ -225,15 +241,16 @@ def lam_sweep(data: Digits, lams) -> list[dict]:
 
 
 def damping_sweep(data: Digits, lam: float, dampings) -> list[dict]:
-    """At one fit, the estimate with ``H + mu I`` for each damping ``mu``: agreement with the same
-    exact leave-one-out (computed once)."""
+    """At one fit (regularisation ``lam``), the estimate with ``H + mu I`` for each damping ``mu``:
+    agreement with the same exact leave-one-out (computed once). Rows: ``lam``, ``damping``,
+    ``pearson``, ``spearman``, ``slope``."""
     res = fit_logistic(data, lam)
     base = logistic_loo(data, res)
     rows = []
     for mu in dampings:
         pred = logistic_influence(data, res, mu)
         agree = loo_agreement(pred, base["actual"])
-        rows.append({"damping": float(mu), "pearson": agree["pearson"],
+        rows.append({"lam": float(lam), "damping": float(mu), "pearson": agree["pearson"],
                      "spearman": agree["spearman"],
                      "slope": float(pred @ base["actual"] / (base["actual"] @ base["actual"]))})
     return rows
@@ -250,6 +267,7 @@ class ContrastiveDemo:
     theta: torch.Tensor
 
 
+@_one_thread
 def contrastive_demo(n: int = 200, batch_size: int = 50, lam: float = 0.2, dim: int = 4,
                      shuffle_rate: float = 0.15, seed: int = 0) -> ContrastiveDemo:
     """A tiny CLIP-style problem: synthetic features, linear heads, symmetric InfoNCE over fixed
@@ -316,6 +334,7 @@ def zeta_check(demo: ContrastiveDemo, slot: int = 0, batch: int = 0, eps: float 
             "pos": float(slot_terms["pos"][0, slot])}
 
 
+@_one_thread
 def contrastive_loo(demo: ContrastiveDemo, n_clean: int = 14, n_misaligned: int = 6) -> dict:
     """ECIF, positive-only, negative-only and newton against leave-one-out retraining
     (:func:`~ecif.experiments.retraining.loo_experiment`) on the first ``n_clean`` clean and

@@ -71,7 +71,8 @@ def sweep_figure(lam_rows: list[dict], damping_rows: list[dict]):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0].set_title("Where it breaks: weak regularisation")
-    axes[1].set_title(f"Damping at λ = {lam_rows and min(r['lam'] for r in lam_rows):g}: it shrinks, it does not repair")
+    lam = damping_rows[0]["lam"] if damping_rows else float("nan")
+    axes[1].set_title(f"Damping at λ = {lam:g}: it shrinks, it does not repair")
     fig.tight_layout()
     return fig
 
