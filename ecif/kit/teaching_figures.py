@@ -72,7 +72,7 @@ def sweep_figure(lam_rows: list[dict], damping_rows: list[dict]):
         ax.legend(fontsize=7)
     axes[0].set_title("Where it breaks: weak regularisation")
     lam = damping_rows[0]["lam"] if damping_rows else float("nan")
-    axes[1].set_title(f"Damping at λ = {lam:g}: it shrinks, it does not repair")
+    axes[1].set_title(f"Damping at λ = {lam:g}: each direction shrinks by ℓ/(ℓ + μ)")
     fig.tight_layout()
     return fig
 
