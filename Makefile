@@ -29,7 +29,7 @@ help:
 	@echo "make test    - set up $(VENV) if needed, run pytest (extra args: PYTEST_ARGS='-m \"not slow\"')"
 	@echo "make setup   - only create/update $(VENV) (requirements.lock: torch==2.14.1, .[kit,test]; kernel ecif)"
 	@echo "make plots   - dvc plots show with the offline HTML template -> $(PLOTS_OUT)/index.html"
-	@echo "make lab     - open JupyterLab on notebooks/"
+	@echo "make lab     - open JupyterLab at the repository root (sources in notebooks/, executed reports in reports/), on notebook 00"
 	@echo "make lock    - re-resolve every dependency in a throw-away venv and rewrite requirements.lock"
 
 setup:
@@ -67,8 +67,10 @@ plots: setup
 	@dvc plots show --html-template $(PLOTS_TEMPLATE) -o $(PLOTS_OUT)
 	@echo "[plots] open $(PLOTS_OUT)/index.html (works offline: vega libraries are inlined)"
 
+# Lab at the repository root (notebooks/ and reports/ both in its file browser), notebook 00 open;
+# the kernel `ecif` (ecif/kit/kernel.py) runs every notebook from the root, wherever it starts.
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" notebooks/00_influence_from_zero.ipynb
 
 # Refresh the pins: newest compatible releases, resolved in a throw-away venv (needs the package
 # registry, a few minutes). Then `make setup` brings $(VENV) to the new lock; run make test.

@@ -5,8 +5,9 @@
 #
 # Steps: python3 -m venv .venv (if missing) -> pip install the pinned torch pair (if not
 # already that version) -> pip install -e '.[kit,test]' -> register the Jupyter kernel `ecif`
-# inside the venv. Every pip install is constrained by requirements.lock (`-c`), which pins
-# every package of the environment to one version (refresh it with `make lock`). A stamp file
+# inside the venv (python -m ecif.kit.kernel: it starts in the repository root). Every pip
+# install is constrained by requirements.lock (`-c`), which pins every package of the
+# environment to one version (refresh it with `make lock`). A stamp file
 # records a hash of pyproject.toml, requirements.lock and this script; while it matches and a
 # quick check passes (imports found, installed versions equal to the lock), nothing is
 # installed again.
@@ -30,6 +31,7 @@ quick_check() {
     [ -x "$VPY" ] &&
         [ -x "$VENV/bin/dvc" ] &&
         [ -f "$VENV/share/jupyter/kernels/$KERNEL_NAME/kernel.json" ] &&
+        grep -q '"ecif.kit.kernel"' "$VENV/share/jupyter/kernels/$KERNEL_NAME/kernel.json" &&
         ECIF_LOCK="$LOCK" "$VPY" - <<'PY' 2>/dev/null
 import importlib.metadata as md
 import importlib.util as iu
@@ -83,7 +85,9 @@ echo "[setup] installing the kit: pip install -c $LOCK -e '.[kit,test]'"
 "${PIP[@]}" --quiet -e '.[kit,test]' "${TORCH_PINS[@]}"
 
 echo "[setup] registering Jupyter kernel '$KERNEL_NAME' in $VENV"
-"$VPY" -m ipykernel install --sys-prefix --name "$KERNEL_NAME" --display-name "Python (ecif)" >/dev/null
+# ecif.kit.kernel: an ipykernel that starts in the repository root, so notebooks opened in Lab
+# find data/, artifacts/ and params.yaml wherever Lab started the kernel
+"$VPY" -m ecif.kit.kernel install --prefix "$VENV" >/dev/null
 
 if ! quick_check; then
     echo "[setup] error: $VENV is still incomplete after installing (see messages above)" >&2

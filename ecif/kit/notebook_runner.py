@@ -24,7 +24,8 @@ What it does, in order:
    that reads a data set (``dataset`` and ``data_root`` among its parameters), that the data's
    files are there (:func:`check_data`: what is missing, where it looked, how to provide it).
 4. Executes the notebook with papermill (kernel ``ecif`` if installed, else ``python3``), with
-   the repository root as working directory so relative paths such as ``data/`` work, and writes
+   the repository root as working directory so relative paths such as ``data/`` work (and as
+   ``$ECIF_ROOT``, where the kernel ``ecif`` of :mod:`ecif.kit.kernel` starts), and writes
    the executed copy to ``reports/<notebook>.ipynb`` plus an HTML export
    ``reports/<notebook>.html`` (``--out-name NAME``: ``reports/NAME.ipynb`` and ``.html``, so
    each cell of a ``foreach``/``matrix`` sweep keeps its own report). The source notebook under
@@ -422,6 +423,9 @@ def run_stage(
         flush=True,
     )
     start = time.perf_counter()
+    # the kit's kernel (ecif.kit.kernel) starts in $ECIF_ROOT: the root this stage runs in
+    saved_root = os.environ.get("ECIF_ROOT")
+    os.environ["ECIF_ROOT"] = str(root)
     try:
         pm.execute_notebook(
             str(nb_path),
@@ -447,6 +451,11 @@ def run_stage(
                 flush=True,
             )
         raise
+    finally:
+        if saved_root is None:
+            os.environ.pop("ECIF_ROOT", None)
+        else:
+            os.environ["ECIF_ROOT"] = saved_root
     _finish(partial, executed, root, nb_path, html)
     for stale in (failed, failed.with_suffix(".html")):
         stale.unlink(missing_ok=True)
