@@ -29,6 +29,7 @@ from ecif.core.evaluate import validation_gradient
 from ecif.core.fit import fit
 from ecif.core.influence import ECIF
 from ecif.experiments.metrics import auroc, loo_agreement, precision_at_k
+from ecif.experiments.progress import Progress
 from ecif.core.objective import ContrastiveObjective
 from ecif.experiments.retraining import loo_val_changes
 from ecif.core.solvers import DenseSolver
@@ -82,13 +83,14 @@ def damping_sweep(objective, theta_hat, val_gradient, dampings, loo=None, mask=N
 
 
 def _refit_and_score(objective, val_objective, loo_indices, mask, variants, theta_init, gtol, method="auto",
-                     scores_out=None):
+                     scores_out=None, client=None):
     res = fit(objective, theta_init=theta_init, gtol=gtol, max_iter=200, method=method)
     eng = ECIF(objective, res.theta, solver="auto")
     g = validation_gradient(val_objective, res.theta)
     loo = None
     if loo_indices is not None:
-        loo = loo_val_changes(objective, res.theta, val_objective, loo_indices, gtol=gtol, preconditioner=eng.solver)
+        loo = loo_val_changes(objective, res.theta, val_objective, loo_indices, gtol=gtol, preconditioner=eng.solver,
+                              client=client, progress=False)
     info = {"fit_grad_norm": res.grad_norm, "fit_converged": res.converged, "min_eigenvalue": _min_eig(eng.solver),
             "loo_converged": True if loo is None else bool(loo["converged"].all())}
     rows = [{**info, **r} for r in score_rows(eng, g, loo, mask, variants, scores_out)]
@@ -98,36 +100,44 @@ def _refit_and_score(objective, val_objective, loo_indices, mask, variants, thet
 
 
 def lam_sweep(objective, lams, val_objective, loo_indices=None, mask=None, variants=VARIANTS,
-              gtol: float = 1e-9, method: str = "auto") -> pd.DataFrame:
+              gtol: float = 1e-9, method: str = "auto", client=None, progress: bool = True) -> pd.DataFrame:
     """Refit at each ``lam`` (warm-started from the previous optimum, in the order given; ``method``
     as in :func:`~ecif.core.fit.fit`), then score. Rows ``lam``, ``fit_grad_norm``, ``fit_converged``,
     ``min_eigenvalue``, ``loo_converged``, ``variant``, ``pearson``, ``spearman``, ``auroc``,
-    ``precision_at_k``."""
+    ``precision_at_k``. ``client``: a Dask client for the leave-one-out refits of each setting
+    (:func:`~ecif.experiments.retraining.loo_val_changes`, same results); ``progress``: a
+    ``lam i/N`` line per setting."""
     _check_values(lams, "lams")
     rows, theta = [], None
+    bar = Progress(len(lams), "lam", enabled=progress)
     for lam in lams:
         theta, rs = _refit_and_score(objective.with_lam(float(lam)), val_objective, loo_indices, mask, variants,
-                                     theta, gtol, method)
+                                     theta, gtol, method, client=client)
         rows += [{"lam": float(lam), **r} for r in rs]
+        bar.step()
     return pd.DataFrame(rows)
 
 
 def batch_size_sweep(param, x, y, batch_sizes, lam: float, val_objective, loo_indices=None, mask=None,
-                     seed: int = 0, variants=VARIANTS, gtol: float = 1e-9, method: str = "auto") -> pd.DataFrame:
+                     seed: int = 0, variants=VARIANTS, gtol: float = 1e-9, method: str = "auto", client=None,
+                     progress: bool = True) -> pd.DataFrame:
     """Rebuild the training objective with ``BatchingProtocol.from_seed(n, b, seed)`` for each
     batch size ``b`` (``None`` = one full batch), refit from ``theta0``, and score (the
     validation objective keeps its own batching). Rows as :func:`lam_sweep` with ``batch_size``
     (``n`` for a full batch) instead of ``lam``, plus ``is_spearman_vs_first``,
     ``loo_spearman_vs_first`` (``nan`` without ``loo_indices``) and ``neg_to_pos`` (module
-    docstring). The negative role is always scored, so ``neg_to_pos`` is defined."""
+    docstring). The negative role is always scored, so ``neg_to_pos`` is defined. ``client`` and
+    ``progress`` as in :func:`lam_sweep`."""
     _check_values(batch_sizes, "batch_sizes")
     n = np.shape(x)[0]
     scored = tuple(dict.fromkeys([*variants, "positive", "negative"]))
     rows, first = [], None
+    bar = Progress(len(batch_sizes), "batch size", enabled=progress)
     for b in batch_sizes:
         obj = ContrastiveObjective(param, x, y, BatchingProtocol.from_seed(n, b, seed), lam=lam)
         scores: dict = {}
-        _, rs = _refit_and_score(obj, val_objective, loo_indices, mask, scored, None, gtol, method, scores)
+        _, rs = _refit_and_score(obj, val_objective, loo_indices, mask, scored, None, gtol, method, scores,
+                                 client=client)
         first = first if first is not None else scores
         neg_to_pos = float(np.linalg.norm(scores["negative"]) / np.linalg.norm(scores["positive"]))
         loo_rho = _spearman(scores["loo"], first["loo"]) if "loo" in scores else np.nan
@@ -137,6 +147,7 @@ def batch_size_sweep(param, x, y, batch_sizes, lam: float, val_objective, loo_in
             rows.append({"batch_size": n if b is None else int(b), **r,
                          "is_spearman_vs_first": _spearman(scores[r["variant"]], first[r["variant"]]),
                          "loo_spearman_vs_first": loo_rho, "neg_to_pos": neg_to_pos})
+        bar.step()
     return pd.DataFrame(rows)
 
 

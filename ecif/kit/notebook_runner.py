@@ -333,6 +333,8 @@ def strip_volatile(nb: Any, input_path: str, output_path: str) -> Any:
     nbclient's per-cell ``execution`` timestamps (``iopub.*``, ``shell.execute_reply``). The
     papermill ``input_path``/``output_path`` are set to the given (relative) paths, and the
     injected parameters cell, which papermill creates with a random id, gets a fixed id.
+    Consecutive stream outputs of one kind (stdout, stderr) are merged into one: how the kernel
+    split them depends on flush timing (progress lines such as ``refit 4/40``), not on results.
     Everything that is a result (outputs, execution counts, status, exception) is kept.
     """
     pm = nb.metadata.get("papermill")
@@ -349,7 +351,22 @@ def strip_volatile(nb: Any, input_path: str, output_path: str) -> Any:
                 cpm.pop(key, None)
         if "injected-parameters" in cell.metadata.get("tags", []) and "id" in cell:
             cell["id"] = INJECTED_CELL_ID
+        if cell.get("outputs"):
+            cell["outputs"] = _merge_streams(cell["outputs"])
     return nb
+
+
+def _merge_streams(outputs: list) -> list:
+    """The outputs with each run of consecutive same-name stream outputs joined into the first."""
+    merged: list = []
+    for out in outputs:
+        last = merged[-1] if merged else None
+        if (last is not None and out.get("output_type") == "stream" and last.get("output_type") == "stream"
+                and out.get("name") == last.get("name")):
+            last["text"] = "".join(last["text"]) + "".join(out["text"])
+        else:
+            merged.append(out)
+    return merged
 
 
 def _finish(partial: Path, final: Path, root: Path, nb_path: Path, html: bool) -> None:

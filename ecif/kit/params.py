@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,6 +242,20 @@ def _encoder_form(value: Any) -> str | None:
     return None
 
 
+#: common.scheduler's forms; the same as ecif.experiments.distributed.resolve_address accepts (a test
+#: checks both), written here so that the parameter check does not import the experiments layer.
+SCHEDULER_FORM = re.compile(r"local(:[1-9][0-9]*)?|(tcp|tls|ucx|inproc|ws|wss)://\S+")
+SCHEDULER_FORMS = "null (serial), local, local:N (N workers), tcp://host:port (a running Dask scheduler)"
+SCHEDULER_ENV = "ECIF_DASK_SCHEDULER"
+
+
+def _scheduler_form(value: Any) -> str | None:
+    """None if ``value`` is a well-formed ``common.scheduler`` (nothing is contacted here)."""
+    if value.strip().lower() in ("", "null", "none", "serial") or SCHEDULER_FORM.fullmatch(value.strip()):
+        return None
+    return f"is not a scheduler (forms: {SCHEDULER_FORMS})"
+
+
 ENCODER_MEANING = ("frozen CLIP encoder: embedded (trained by the encoder stage), ARCH:TAG (open_clip pretrained "
                    "tag, local cache only), ARCH:PATH (local checkpoint) or PATH (folder with open_clip_config.json "
                    "and weights)")
@@ -263,6 +278,10 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "encoder": Text(ENCODER_MEANING, "embedded", validator=_encoder_form,
                         hint="examples: " + ", ".join(ENCODER_EXAMPLES)),
         "device": Choice("torch device of the feature extraction (the fit stays on the CPU, float64)", DEVICES),
+        "scheduler": Text("where the leave-one-out refits run (Dask): local = a LocalCluster, one worker per core; "
+                          "local:N = N workers; tcp://host:port = a running Dask scheduler", "local",
+                          nullable=True, null_means="serial, in the stage's own process",
+                          validator=_scheduler_form, hint=f"the environment variable {SCHEDULER_ENV} overrides it"),
     },
     "noise": {
         "kind": Choice("how train pairs are made misaligned", NOISE_KINDS),

@@ -216,3 +216,23 @@ def test_missing_encoder_weights_stop_the_stage_before_a_kernel_starts(project: 
     assert f"common.encoder = 'ViT-B-32:{missing}'" in msg and "does not exist" in msg and "Nothing was" in msg
     assert not (project / "reports").exists() and not (project / "seen.json").exists()
     nr.run_stage("toy", root=project)  # a stage that does not read the encoder is not held up
+
+
+def test_stream_outputs_are_merged_whatever_the_flush_timing() -> None:
+    """Progress lines reach the notebook as one or several stream outputs, depending on when the
+    kernel flushed; the cleaned report holds one per run of same-name streams."""
+    def cell(outputs):
+        c = nbformat.v4.new_code_cell("x")
+        c.outputs = outputs
+        return c
+
+    stream = nbformat.v4.new_output
+    split = [stream("stream", name="stderr", text="refit 4/8\n"), stream("stream", name="stderr", text="refit 8/8\n"),
+             stream("stream", name="stdout", text="done\n"), stream("execute_result", data={"text/plain": "1"})]
+    whole = [stream("stream", name="stderr", text="refit 4/8\nrefit 8/8\n"), stream("stream", name="stdout", text="done\n"),
+             stream("execute_result", data={"text/plain": "1"})]
+    a, b = nbformat.v4.new_notebook(cells=[cell(split)]), nbformat.v4.new_notebook(cells=[cell(whole)])
+    nr.strip_volatile(a, "in.ipynb", "out.ipynb")
+    nr.strip_volatile(b, "in.ipynb", "out.ipynb")
+    assert a.cells[0].outputs == b.cells[0].outputs  # (cell ids are random here)
+    assert [o["output_type"] for o in a.cells[0].outputs] == ["stream", "stream", "execute_result"]

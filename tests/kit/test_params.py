@@ -229,3 +229,22 @@ def test_missing_checkpoint_stops_the_check_and_writes_nothing(tmp_path: Path, g
     assert "open_clip_pytorch_model.bin' for ViT-B-32 does not exist" in proc.stderr
     assert "looked from the working directory" in proc.stderr and "Nothing was run" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_scheduler_values(good: dict) -> None:
+    from ecif.experiments import distributed
+
+    assert good["common"]["scheduler"] is None  # serial by default
+    assert P.SCHEDULER_ENV == distributed.ENV_VAR and P.SCHEDULER_FORMS == distributed.FORMS
+    for value in ("local", "local:2", "tcp://10.0.0.5:8786", "tls://sched:8786", "null", "serial",
+                  "locale", "local:0", "10.0.0.5:8786", "http://x:1"):
+        try:
+            distributed.resolve_address(value, env=False)
+            accepted = True
+        except ValueError:
+            accepted = False
+        assert (not problems_with(good, "common", "scheduler", value)) == accepted, value  # the same rule
+    (msg,) = problems_with(good, "common", "scheduler", "10.0.0.5:8786")
+    assert "common.scheduler = '10.0.0.5:8786' is not a scheduler" in msg and "tcp://host:port" in msg
+    (msg,) = problems_with(good, "common", "scheduler", 4)
+    assert "common.scheduler" in msg
