@@ -255,7 +255,8 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "threads": Int("torch CPU threads", 1, ge=1),
         "encoder": Text(ENCODER_MEANING, "embedded", validator=_encoder_form,
                         hint="examples: " + ", ".join(ENCODER_EXAMPLES)),
-        "device": Choice("torch device of the feature extraction (the fit stays on the CPU, float64)", DEVICES),
+        "device": Choice("torch device of the feature extraction, the fit and the influence computations "
+                         "(float64; later stages use the fit's device)", DEVICES),
     },
     "noise": {
         "kind": Choice("how train pairs are made misaligned", NOISE_KINDS),
