@@ -107,7 +107,8 @@ class LinearHeads(Parametrization):
     """Full linear projection heads ``W_img (e, d_img)``, ``W_txt (e, d_txt)`` and ``t``.
 
     ``n_params = e*d_img + e*d_txt + 1``. ``theta0`` packs the given base projections and
-    ``log_scale0``.
+    ``log_scale0``. ``device``: where the heads live (default: the device of ``w_img0``, the CPU
+    for arrays); an objective on these heads puts its features there and computes there.
     """
 
     def __init__(self, w_img0, w_txt0, log_scale0: float, device=None):
@@ -149,6 +150,8 @@ class LoRAHeads(Parametrization):
     ``n_params = r*(d_img + d_txt + 2e) + 1``. ``theta0``: ``A ~ N(0, 1/d)`` drawn from ``seed``,
     ``B = 0``, ``t = log_scale0``. Note the symmetry ``B A = (B G)(G^-1 A)``: the unregularised
     Hessian is singular along it; the L2 pull to ``theta0`` (and damping) removes that.
+    ``device``: as :class:`LinearHeads`; ``A`` is drawn on the CPU and moved, so ``theta0`` is
+    the same on every device.
     """
 
     def __init__(self, w_img0, w_txt0, log_scale0: float, rank: int = 4, seed: int = 0, device=None):
