@@ -54,7 +54,7 @@ class ContrastiveObjective:
         A :class:`~ecif.core.heads.Parametrization` (LoRA adapters or linear heads).
     x, y:
         Frozen image features ``(n, d_img)`` and text features ``(n, d_txt)``; converted to
-        float64.
+        float64 and put on ``param.device``, where every computation of the objective runs.
     batching:
         The fixed :class:`~ecif.core.batching.BatchingProtocol`; default one full batch.
     lam:
