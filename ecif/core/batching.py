@@ -89,7 +89,7 @@ class BatchingProtocol:
         order = np.argsort(self.batch_ids, kind="stable")
         return np.split(order, np.cumsum(self.batch_sizes)[:-1])
 
-    def padded(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def padded(self, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """Padded index matrix for vectorised batch computations.
 
         Returns
@@ -108,4 +108,4 @@ class BatchingProtocol:
         valid = np.zeros((m, b_max), dtype=bool)
         index[self.batch_ids[order], pos] = order
         valid[self.batch_ids[order], pos] = True
-        return torch.from_numpy(index), torch.from_numpy(valid)
+        return torch.as_tensor(index, device=device), torch.as_tensor(valid, device=device)

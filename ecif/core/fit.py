@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ecif.core.solvers import CGSolver
-from ecif.core.terms import DTYPE
+from ecif.core.terms import DTYPE, device_of
 
 __all__ = ["FitResult", "ConvergenceWarning", "diagnose", "fit", "offset_ratio"]
 
@@ -103,7 +103,7 @@ def offset_ratio(z) -> float:
     """``||mean(z)|| / mean_k ||z_k - mean(z)||`` of the rows of ``z``: how far a cloud of features
     sits from the origin in units of its own spread (docs/math.md §13). Large values mean every
     normalised embedding ``W z / ||W z||`` points nearly the same way."""
-    z = torch.as_tensor(z).to(DTYPE)
+    z = torch.as_tensor(z, device=device_of(z)).to(DTYPE)
     mu = z.mean(dim=0)
     spread = float((z - mu).norm(dim=1).mean())
     return float(mu.norm()) / spread if spread > 0 else float("inf")
@@ -127,8 +127,8 @@ def _curvature_hint(objective, theta, n_power: int = 20) -> str:
     """The largest curvature (power iteration on Hessian-vector products) against ``lam``."""
     if not (hasattr(objective, "hvp") and hasattr(objective, "lam")) or objective.lam <= 0:
         return ""
-    gen = torch.Generator().manual_seed(0)
-    v = torch.randn(objective.n_params, generator=gen, dtype=DTYPE)
+    gen = torch.Generator(device="cpu").manual_seed(0)  # on the CPU: the same start on every device
+    v = torch.randn(objective.n_params, generator=gen, dtype=DTYPE, device="cpu").to(device_of(theta))
     v = v / v.norm()
     top = 0.0
     for _ in range(n_power):
@@ -184,7 +184,8 @@ def fit(objective, theta_init: torch.Tensor | None = None, gtol: float = 1e-9, m
         raise ValueError(f"unknown fit method {method!r}; choose 'newton', 'newton-cg' or 'auto'.")
     if not gtol > 0:
         raise ValueError(f"gtol must be > 0, got {gtol}.")
-    theta = (objective.theta0 if theta_init is None else torch.as_tensor(theta_init)).to(DTYPE).clone()
+    theta = (objective.theta0 if theta_init is None
+             else torch.as_tensor(theta_init, device=device_of(objective.theta0))).to(DTYPE).clone()
     if theta.shape != (objective.n_params,):
         raise ValueError(f"theta_init must have shape ({objective.n_params},), got {tuple(theta.shape)}.")
     start = time.perf_counter()

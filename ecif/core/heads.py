@@ -21,13 +21,14 @@ import numpy as np
 import torch
 from torch.func import jvp
 
-from ecif.core.terms import DTYPE
+from ecif.core.terms import DTYPE, device_of
 
 __all__ = ["Parametrization", "LinearHeads", "LoRAHeads", "Prepared"]
 
 
-def _as_matrix(w, name: str) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(w) if not isinstance(w, torch.Tensor) else w).to(DTYPE)
+def _as_matrix(w, name: str, device=None) -> torch.Tensor:
+    device = device_of(w) if device is None else device
+    t = torch.as_tensor(np.asarray(w) if not isinstance(w, torch.Tensor) else w, device=device).to(DTYPE)
     if t.ndim != 2:
         raise ValueError(f"{name} must be a matrix (e, d), got shape {tuple(t.shape)}.")
     if not torch.isfinite(t).all():
@@ -78,6 +79,12 @@ class Parametrization:
         """The effective text projection ``W_txt(theta)`` of shape ``(e, d_txt)``."""
         raise NotImplementedError
 
+    @property
+    def device(self) -> torch.device:
+        """Where the parameters live (the device of ``theta0``); the objective puts its features
+        there and every computation runs there."""
+        return self.theta0.device
+
     def log_scale(self, theta: torch.Tensor) -> torch.Tensor:
         """The log logit-scale ``t`` (last entry of ``theta``); the logit scale is ``exp(t)``.
         Linear in ``theta`` (a selection), so ``log_scale(v)`` is its derivative along ``v``."""
@@ -85,7 +92,7 @@ class Parametrization:
 
     def check_theta(self, theta: torch.Tensor) -> torch.Tensor:
         """Validate a parameter vector: shape ``(n_params,)``, finite; returned as float64."""
-        theta = torch.as_tensor(theta)
+        theta = torch.as_tensor(theta, device=self.device)
         if theta.shape != (self.n_params,):
             raise ValueError(
                 f"theta must have shape ({self.n_params},) for {type(self).__name__}, got "
@@ -100,11 +107,13 @@ class LinearHeads(Parametrization):
     """Full linear projection heads ``W_img (e, d_img)``, ``W_txt (e, d_txt)`` and ``t``.
 
     ``n_params = e*d_img + e*d_txt + 1``. ``theta0`` packs the given base projections and
-    ``log_scale0``.
+    ``log_scale0``. ``device``: where the heads live (default: the device of ``w_img0``, the CPU
+    for arrays); an objective on these heads puts its features there and computes there.
     """
 
-    def __init__(self, w_img0, w_txt0, log_scale0: float):
-        w_img0, w_txt0 = _as_matrix(w_img0, "w_img0"), _as_matrix(w_txt0, "w_txt0")
+    def __init__(self, w_img0, w_txt0, log_scale0: float, device=None):
+        w_img0 = _as_matrix(w_img0, "w_img0", device)
+        w_txt0 = _as_matrix(w_txt0, "w_txt0", w_img0.device)
         if w_img0.shape[0] != w_txt0.shape[0]:
             raise ValueError(
                 f"image and text projections must share the embedding width e, got "
@@ -116,7 +125,7 @@ class LinearHeads(Parametrization):
         self._n_txt = self.width * self.d_txt
         self.n_params = self._n_img + self._n_txt + 1
         self.theta0 = torch.cat(
-            [w_img0.reshape(-1), w_txt0.reshape(-1), torch.tensor([float(log_scale0)], dtype=DTYPE)]
+            [w_img0.reshape(-1), w_txt0.reshape(-1), torch.tensor([float(log_scale0)], dtype=DTYPE, device=w_img0.device)]
         )
 
     def image_projection(self, theta):
@@ -141,10 +150,14 @@ class LoRAHeads(Parametrization):
     ``n_params = r*(d_img + d_txt + 2e) + 1``. ``theta0``: ``A ~ N(0, 1/d)`` drawn from ``seed``,
     ``B = 0``, ``t = log_scale0``. Note the symmetry ``B A = (B G)(G^-1 A)``: the unregularised
     Hessian is singular along it; the L2 pull to ``theta0`` (and damping) removes that.
+    ``device``: as :class:`LinearHeads`; ``A`` is drawn on the CPU and moved, so ``theta0`` is
+    the same on every device.
     """
 
-    def __init__(self, w_img0, w_txt0, log_scale0: float, rank: int = 4, seed: int = 0):
-        self.w_img0, self.w_txt0 = _as_matrix(w_img0, "w_img0"), _as_matrix(w_txt0, "w_txt0")
+    def __init__(self, w_img0, w_txt0, log_scale0: float, rank: int = 4, seed: int = 0, device=None):
+        self.w_img0 = _as_matrix(w_img0, "w_img0", device)
+        self.w_txt0 = _as_matrix(w_txt0, "w_txt0", self.w_img0.device)
+        dev = self.w_img0.device
         if self.w_img0.shape[0] != self.w_txt0.shape[0]:
             raise ValueError(
                 f"image and text projections must share the embedding width e, got "
@@ -159,16 +172,17 @@ class LoRAHeads(Parametrization):
         sizes = [r * self.d_img, e * r, r * self.d_txt, e * r]
         self._offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
         self.n_params = int(self._offsets[-1]) + 1
-        gen = torch.Generator().manual_seed(seed)
-        a_img = torch.randn(r, self.d_img, generator=gen, dtype=DTYPE) / np.sqrt(self.d_img)
-        a_txt = torch.randn(r, self.d_txt, generator=gen, dtype=DTYPE) / np.sqrt(self.d_txt)
+        # drawn on the CPU and then moved: the same theta0 on every device
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        a_img = (torch.randn(r, self.d_img, generator=gen, dtype=DTYPE, device="cpu") / np.sqrt(self.d_img)).to(dev)
+        a_txt = (torch.randn(r, self.d_txt, generator=gen, dtype=DTYPE, device="cpu") / np.sqrt(self.d_txt)).to(dev)
         self.theta0 = torch.cat(
             [
                 a_img.reshape(-1),
-                torch.zeros(e * r, dtype=DTYPE),
+                torch.zeros(e * r, dtype=DTYPE, device=dev),
                 a_txt.reshape(-1),
-                torch.zeros(e * r, dtype=DTYPE),
-                torch.tensor([float(log_scale0)], dtype=DTYPE),
+                torch.zeros(e * r, dtype=DTYPE, device=dev),
+                torch.tensor([float(log_scale0)], dtype=DTYPE, device=dev),
             ]
         )
 

@@ -71,7 +71,7 @@ class ECIF:
         if variant == "newton":
             return self.objective.gradient(self.theta_hat) - self.objective.without(removed).gradient(
                 self.theta_hat)
-        idx = torch.from_numpy(removed)
+        idx = torch.as_tensor(removed, device=self.theta_hat.device)
 
         def selected(th):
             t = self.objective.pair_terms(th)
@@ -97,7 +97,7 @@ class ECIF:
         ``IS(k) = (1/n) grad T_k^T h`` for all ``k`` (docs/math.md §7). ``IS(k) < 0``: harmful.
         Pairs already removed from the objective get 0.
         """
-        val_gradient = torch.as_tensor(val_gradient, dtype=DTYPE)
+        val_gradient = torch.as_tensor(val_gradient, dtype=DTYPE, device=self.theta_hat.device)
         if val_gradient.shape != (self.objective.n_params,):
             raise ValueError(
                 f"val_gradient must have shape ({self.objective.n_params},), got {tuple(val_gradient.shape)}."
@@ -111,7 +111,7 @@ class ECIF:
     def predicted_change(self, val_gradient: torch.Tensor, remove, variant: str = "ecif") -> float:
         """``grad L_val^T Delta theta(R)``: predicted change of the validation loss for removing
         the whole set ``R`` (group influence)."""
-        return float(torch.as_tensor(val_gradient, dtype=DTYPE) @ self.param_shift(remove, variant))
+        return float(torch.as_tensor(val_gradient, dtype=DTYPE, device=self.theta_hat.device) @ self.param_shift(remove, variant))
 
     def pair_shifts(self, indices=None, variant: str = "ecif", chunk_size: int = 64) -> torch.Tensor:
         """``Delta theta(k)`` for each ``k`` in ``indices`` as rows of a ``(len, P)`` matrix.
@@ -128,7 +128,7 @@ class ECIF:
         or a ``(P, m)`` matrix for ``m`` items, giving ``(len, m)``. Negative RIS: removing
         ``k`` lowers ``l_z`` (k pushes the model towards the error), per unit of parameter change.
         """
-        gz = torch.as_tensor(item_gradient, dtype=DTYPE)
+        gz = torch.as_tensor(item_gradient, dtype=DTYPE, device=self.theta_hat.device)
         g = self.objective.pair_gradients(self.theta_hat, _check_variant(variant), indices, chunk_size) / self.n
         hz = self.solver.solve(gz)
         num = g @ hz

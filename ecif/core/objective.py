@@ -27,10 +27,10 @@ from ecif.core.terms import DTYPE, TERMS
 __all__ = ["ContrastiveObjective"]
 
 
-def _as_features(a, name: str) -> torch.Tensor:
+def _as_features(a, name: str, device) -> torch.Tensor:
     if isinstance(a, np.ndarray) and not np.issubdtype(a.dtype, np.number):
         raise TypeError(f"{name} must be a numeric array, got dtype {a.dtype}.")
-    t = torch.as_tensor(a)
+    t = torch.as_tensor(a, device=device)
     if t.dtype.is_complex or t.dtype == torch.bool:
         raise TypeError(f"{name} must be real floating-point features, got dtype {t.dtype}.")
     if t.ndim != 2:
@@ -54,7 +54,7 @@ class ContrastiveObjective:
         A :class:`~ecif.core.heads.Parametrization` (LoRA adapters or linear heads).
     x, y:
         Frozen image features ``(n, d_img)`` and text features ``(n, d_txt)``; converted to
-        float64.
+        float64 and put on ``param.device``, where every computation of the objective runs.
     batching:
         The fixed :class:`~ecif.core.batching.BatchingProtocol`; default one full batch.
     lam:
@@ -65,7 +65,9 @@ class ContrastiveObjective:
 
     def __init__(self, param: Parametrization, x, y, batching: BatchingProtocol | None = None,
                  lam: float = 0.0, remove=None):
-        x, y = _as_features(x, "x (image features)"), _as_features(y, "y (text features)")
+        # the features go where the parameters are (param.device): every computation runs there
+        device = param.device
+        x, y = _as_features(x, "x (image features)", device), _as_features(y, "y (text features)", device)
         if x.shape[0] != y.shape[0]:
             raise ValueError(
                 f"x and y must hold the same number of pairs, got {x.shape[0]} and {y.shape[0]}."
@@ -87,16 +89,16 @@ class ContrastiveObjective:
         self.param, self.batching, self.lam, self.n = param, batching, float(lam), n
         self._x, self._y = x, y
         self.data = param.prepare(x, y)
-        self.index, self.valid = batching.padded()
+        self.index, self.valid = batching.padded(device)
         self.removed = self._check_remove(remove) if remove is not None else np.zeros(0, np.int64)
-        removed_mask = torch.zeros(n, dtype=torch.bool)
-        removed_mask[torch.from_numpy(self.removed)] = True
+        removed_mask = torch.zeros(n, dtype=torch.bool, device=device)
+        removed_mask[torch.as_tensor(self.removed, device=device)] = True
         self.keep = self.valid & ~removed_mask[self.index]
         self.masks = terms.masks(self.keep)
 
     # ------------------------------------------------------------------ construction
     def _check_remove(self, remove) -> np.ndarray:
-        r = np.asarray(remove)
+        r = remove.cpu().numpy() if isinstance(remove, torch.Tensor) else np.asarray(remove)
         if r.dtype == bool:
             if r.shape != (self.n,):
                 raise ValueError(f"a boolean removal mask must have shape ({self.n},), got {r.shape}.")
@@ -140,6 +142,11 @@ class ContrastiveObjective:
     @property
     def n_params(self) -> int:
         return self.param.n_params
+
+    @property
+    def device(self) -> torch.device:
+        """Where the features and parameters live and every computation runs."""
+        return self._x.device
 
     @property
     def theta0(self) -> torch.Tensor:
@@ -204,7 +211,7 @@ class ContrastiveObjective:
         problems and slower for one full batch of thousands of pairs (``python -m ecif.experiments.bench``
         prints both as ``hvp_s``, ``hvp_autograd_s``).
         """
-        v = torch.as_tensor(v, dtype=DTYPE)
+        v = torch.as_tensor(v, dtype=DTYPE, device=self.device)
         th = theta.detach().to(DTYPE).requires_grad_(True)
         u, w, u_dot, w_dot = self._normalised_jvp(*self.param.embed_jvp(th, v, self.data))
         t, t_dot = self.param.log_scale(th), self.param.log_scale(v)
@@ -213,7 +220,7 @@ class ContrastiveObjective:
             sc, td = scale.detach(), float(t_dot)
             parts = (u.detach(), w.detach(), u_dot.detach(), w_dot.detach())
             cot = [torch.zeros_like(z) for z in parts]
-            t_bar = torch.zeros((), dtype=DTYPE)
+            t_bar = torch.zeros((), dtype=DTYPE, device=self.device)
             # batches in chunks of about 2^20 similarity entries: temporaries stay small
             # (allocator reuse, cache) instead of several (M, b, b) arrays at once
             b = self.index.shape[1]
@@ -262,7 +269,7 @@ class ContrastiveObjective:
         """``H(theta) v`` by double backward through :meth:`loss` (the reference for :meth:`hvp`)."""
         th = theta.detach().requires_grad_(True)
         (g,) = torch.autograd.grad(self.loss(th), th, create_graph=True)
-        (hv,) = torch.autograd.grad(g @ torch.as_tensor(v, dtype=DTYPE), th)
+        (hv,) = torch.autograd.grad(g @ torch.as_tensor(v, dtype=DTYPE, device=self.device), th)
         return hv
 
     def hessian(self, theta: torch.Tensor, chunk_size: int = 64) -> torch.Tensor:
@@ -291,7 +298,7 @@ class ContrastiveObjective:
         Returns a dict of ``(n,)`` tensors keyed by ``"pos"``, ``"neg"``, ``"negexact"``
         (no ``1/n`` factor; 0 for removed pairs).
         """
-        direction = torch.as_tensor(direction, dtype=DTYPE)
+        direction = torch.as_tensor(direction, dtype=DTYPE, device=self.device)
         if direction.shape != (self.n_params,):
             raise ValueError(f"direction must have shape ({self.n_params},), got {tuple(direction.shape)}.")
         s, sdot = jvp(self.similarity, (theta,), (direction,))
@@ -304,7 +311,9 @@ class ContrastiveObjective:
         matrix (no ``1/n``). Memory ``len(indices) * P``: use it for modest sets of pairs (e.g.
         relative influence of a few hundred pairs, tests); scoring every pair uses
         :meth:`directional_terms` instead."""
-        idx = torch.arange(self.n) if indices is None else torch.as_tensor(np.asarray(indices)).long()
+        idx = (torch.arange(self.n, device=self.device) if indices is None
+               else torch.as_tensor(indices if isinstance(indices, torch.Tensor) else np.asarray(indices),
+                                 device=self.device).long())
         unknown = set(terms) - set(TERMS)
         if unknown:
             raise ValueError(f"unknown term(s) {sorted(unknown)}; choose from {TERMS}.")

@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from ecif.core.terms import DTYPE
+from ecif.core.terms import DTYPE, device_of
 
 __all__ = ["SolverError", "DenseSolver", "CGSolver", "make_solver"]
 
@@ -41,7 +41,7 @@ class DenseSolver:
     """``(H + mu I)^-1`` from the eigendecomposition of a dense symmetric Hessian ``(P, P)``."""
 
     def __init__(self, hessian: torch.Tensor, damping: float = 0.0):
-        h = torch.as_tensor(hessian, dtype=DTYPE)
+        h = torch.as_tensor(hessian, dtype=DTYPE, device=device_of(hessian))
         if h.ndim != 2 or h.shape[0] != h.shape[1]:
             raise ValueError(f"the Hessian must be a square matrix, got shape {tuple(h.shape)}.")
         if not torch.isfinite(h).all():
@@ -75,7 +75,7 @@ class DenseSolver:
 
     def solve(self, b: torch.Tensor) -> torch.Tensor:
         """``(H + mu I)^-1 b`` for ``b`` of shape ``(P,)`` or ``(P, k)``."""
-        b = torch.as_tensor(b, dtype=DTYPE)
+        b = torch.as_tensor(b, dtype=DTYPE, device=self.eigenvectors.device)
         if b.shape[0] != self.n_params:
             raise ValueError(f"b must have {self.n_params} rows, got shape {tuple(b.shape)}.")
         v = self.eigenvectors
@@ -179,7 +179,7 @@ class CGSolver:
 
     def solve(self, b: torch.Tensor) -> torch.Tensor:
         """``(H + mu I)^-1 b`` for ``b`` of shape ``(P,)`` or ``(P, k)`` (columns solved in turn)."""
-        b = torch.as_tensor(b, dtype=DTYPE)
+        b = torch.as_tensor(b, dtype=DTYPE, device=device_of(b))
         if b.shape[0] != self.n_params:
             raise ValueError(f"b must have {self.n_params} rows, got shape {tuple(b.shape)}.")
         if b.ndim == 1:

@@ -30,12 +30,20 @@ from typing import NamedTuple
 import torch
 
 __all__ = [
-    "DTYPE", "TERMS", "VARIANTS", "VARIANT_TERMS", "Masks", "masks", "softmaxes", "pos", "neg",
+    "DTYPE", "TERMS", "VARIANTS", "device_of", "VARIANT_TERMS", "Masks", "masks", "softmaxes", "pos", "neg",
     "negexact", "slot_terms", "directional_terms", "hvp_cotangents",
 ]
 
 #: Floating-point type of every parameter, feature and derivative in the kit.
 DTYPE = torch.float64
+
+
+def device_of(a) -> torch.device:
+    """Where a computation on ``a`` runs: the device of a tensor, the CPU for anything else
+    (numpy arrays, lists, scalars). Core creates every tensor on the device of the problem's
+    data, so a problem moved to ``cuda`` computes there (in float64) and one on the CPU is
+    unchanged."""
+    return a.device if isinstance(a, torch.Tensor) else torch.device("cpu")
 
 #: Names of the per-pair terms (docs/math.md §4).
 TERMS = ("pos", "neg", "negexact")
@@ -71,7 +79,7 @@ class Masks(NamedTuple):
 def masks(keep: torch.Tensor) -> Masks:
     """:class:`Masks` from the per-slot keep mask ``keep (M, b_max)``."""
     pairs = keep[:, :, None] & keep[:, None, :]
-    eye = torch.eye(keep.shape[1], dtype=torch.bool)
+    eye = torch.eye(keep.shape[1], dtype=torch.bool, device=keep.device)
     return Masks(keep, pairs, pairs & ~eye)
 
 

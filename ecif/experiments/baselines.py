@@ -38,7 +38,7 @@ def _numpy(t) -> np.ndarray:
 
 
 def _theta(objective, theta) -> torch.Tensor:
-    return objective.param.check_theta(torch.as_tensor(theta, dtype=DTYPE))
+    return objective.param.check_theta(torch.as_tensor(theta, dtype=DTYPE, device=objective.device))
 
 
 def harmfulness(influence_scores) -> np.ndarray:
@@ -80,7 +80,7 @@ def tracin_scores(objective, theta, val_gradient, variant: str = "ecif") -> np.n
     Higher = more harmful (see the module docstring for the sign)."""
     if variant not in VARIANT_TERMS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {tuple(VARIANT_TERMS)}.")
-    g = torch.as_tensor(val_gradient, dtype=DTYPE)
+    g = torch.as_tensor(val_gradient, dtype=DTYPE, device=objective.device)
     if g.shape != (objective.n_params,):
         raise ValueError(f"val_gradient must have shape ({objective.n_params},), got {tuple(g.shape)}.")
     d = objective.directional_terms(_theta(objective, theta), g)

@@ -114,7 +114,8 @@ def run_one(n: int, batch: int | None, dim: int = 512, width: int = 256, rank: i
 
 def _time_hvps(obj, theta, repeats: int = 3) -> tuple[float, float]:
     """Median seconds of one structured HVP and one double-backward HVP, interleaved."""
-    v = torch.randn(obj.n_params, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    v = torch.randn(obj.n_params, generator=torch.Generator(device="cpu").manual_seed(0), dtype=torch.float64,
+                    device="cpu").to(theta.device)
     times = {"hvp": [], "hvp_autograd": []}
     for _ in range(repeats):
         for name in times:

@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ecif.experiments.retraining import retrain
 
@@ -20,6 +21,7 @@ __all__ = ["cleaning_table", "top_fraction"]
 def top_fraction(scores, fraction: float) -> np.ndarray:
     """Indices of the ``round(fraction * n)`` highest scores (higher = more harmful), sorted by
     decreasing score; ties broken by lower index first (stable), so the set is deterministic."""
+    scores = scores.detach().cpu() if isinstance(scores, torch.Tensor) else scores  # scores on a GPU
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must lie in (0, 1), got {fraction}.")

@@ -58,7 +58,7 @@ def self_influence_scores(engine, variant: str = "ecif", chunk: int = 256) -> np
     out = np.empty(n)
     for start in range(0, n, chunk):
         idx = np.arange(start, min(start + chunk, n))
-        out[idx] = engine.self_influence(idx, variant=variant).numpy()
+        out[idx] = engine.self_influence(idx, variant=variant).cpu().numpy()
     return out
 
 
@@ -69,7 +69,7 @@ class _Inputs:
     def __init__(self, engine, val_gradient, seed: int):
         self.engine = engine
         self.objective, self.theta = engine.objective, engine.theta_hat
-        self.val_gradient = torch.as_tensor(val_gradient, dtype=torch.float64)
+        self.val_gradient = torch.as_tensor(val_gradient, dtype=torch.float64, device=engine.theta_hat.device)
         self.seed = seed
 
     @cached_property

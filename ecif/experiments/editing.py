@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ecif.core.evaluate import validation_loss
 from ecif.experiments.retraining import retrain
@@ -24,6 +25,7 @@ def removal_sets(harm_scores, size: int, seeds=(0,)) -> dict[str, np.ndarray]:
     """Removal sets of ``size`` pairs each: ``harmful`` (the highest detection scores, i.e. the
     most suspicious first), ``valuable`` (the lowest) and one uniform ``random_<seed>`` set per
     seed in ``seeds``; index arrays, in that order."""
+    harm_scores = harm_scores.detach().cpu() if isinstance(harm_scores, torch.Tensor) else harm_scores  # scores on a GPU
     s = np.asarray(harm_scores, dtype=np.float64).reshape(-1)
     if not 1 <= size <= s.size // 2:
         raise ValueError(f"size must lie in [1, n/2 = {s.size // 2}], got {size}.")

@@ -67,7 +67,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ecif.core.terms import DTYPE
+from ecif.core.terms import DTYPE, device_of
 
 __all__ = [
     "GaussianConditional",
@@ -90,7 +90,7 @@ BOUND_FORMS = ("scale_adjusted", "theoretical")
 
 
 def _t(a) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a, dtype=DTYPE)
+    t = torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a, dtype=DTYPE, device=device_of(a))
     if t.ndim == 1:
         t = t[:, None]
     if t.ndim != 2:
@@ -133,7 +133,7 @@ def fit_linear_gaussian(x, y, ridge: float = 1e-3, min_var: float = 1e-6) -> Gau
     xc, yc = x - xm, y - ym
     gram = xc.T @ xc
     pen = ridge * float(torch.trace(gram)) / max(x.shape[1], 1) + 1e-12
-    A = torch.linalg.solve(gram + pen * torch.eye(x.shape[1], dtype=DTYPE), xc.T @ yc)
+    A = torch.linalg.solve(gram + pen * torch.eye(x.shape[1], dtype=DTYPE, device=x.device), xc.T @ yc)
     var = ((yc - xc @ A) ** 2).mean(0).clamp_min(min_var)
 
     def predict(z):
@@ -151,12 +151,12 @@ def fit_mlp_gaussian(x, y, hidden: int = 32, epochs: int = 300, lr: float = 5e-3
     xm, xs = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-8)
     ym, ys = y.mean(0), y.std(0, unbiased=False).clamp_min(1e-8)
     xn, yn = (x - xm) / xs, (y - ym) / ys
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device="cpu").manual_seed(seed)  # drawn on the CPU: the same start on every device
     dx, dy = x.shape[1], y.shape[1]
 
     def layer(i, o):
-        w = torch.randn(i, o, generator=gen, dtype=DTYPE) / math.sqrt(i)
-        return w.requires_grad_(), torch.zeros(o, dtype=DTYPE, requires_grad=True)
+        w = (torch.randn(i, o, generator=gen, dtype=DTYPE, device="cpu") / math.sqrt(i)).to(x.device)
+        return w.requires_grad_(), torch.zeros(o, dtype=DTYPE, device=x.device, requires_grad=True)
 
     w1, b1 = layer(dx, hidden)
     w2, b2 = layer(hidden, dy)

@@ -136,8 +136,8 @@ def respond(param, theta: torch.Tensor, view: SetView, centring=None) -> np.ndar
     ``centring``: the ``(image mean, text mean)`` the model's frozen map subtracts from the
     features (``Problem.centring``, docs/math.md §13), ``None`` for none."""
     with torch.no_grad():
-        wi = param.image_projection(theta).detach().numpy()
-        wt = param.text_projection(theta).detach().numpy()
+        wi = param.image_projection(theta).detach().cpu().numpy()
+        wt = param.text_projection(theta).detach().cpu().numpy()
     mu_img, mu_txt = centring if centring is not None else (0.0, 0.0)
     u, w = _norm((view.x_feat - mu_img) @ wi.T), _norm((view.bank_feat - mu_txt) @ wt.T)
     return np.argmax(u @ w.T, axis=1)

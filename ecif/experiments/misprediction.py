@@ -31,15 +31,15 @@ def _item_gradient(engine, evaluation, item: int) -> torch.Tensor:
 
 def culprit_scores(engine, item_gradient, variant: str = "ecif", chunk: int = 256) -> dict[str, np.ndarray]:
     """``{"is": -IS_z (n,), "ris": -RIS (n,)}`` for one item's loss gradient ``(P,)``."""
-    g = torch.as_tensor(item_gradient, dtype=torch.float64)
+    g = torch.as_tensor(item_gradient, dtype=torch.float64, device=engine.theta_hat.device)
     if g.shape != (engine.objective.n_params,):
         raise ValueError(f"item_gradient must have shape ({engine.objective.n_params},), got {tuple(g.shape)}.")
     n = engine.n
-    is_z = engine.influence_scores(g, variants=(variant,))[variant].numpy()
+    is_z = engine.influence_scores(g, variants=(variant,))[variant].cpu().numpy()
     ris = np.empty(n)
     for start in range(0, n, chunk):
         idx = np.arange(start, min(start + chunk, n))
-        ris[idx] = engine.relative_influence(g, idx, variant=variant).numpy()
+        ris[idx] = engine.relative_influence(g, idx, variant=variant).cpu().numpy()
     return {"is": -is_z, "ris": -ris}
 
 

@@ -126,14 +126,14 @@ def loo_experiment(objective, val_objective, theta_hat: torch.Tensor, indices, *
     mask = np.zeros(objective.n, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
     table.insert(1, "misaligned", mask[pairs])
     for v in variants:
-        table[v] = scores[v].numpy()[pairs]
+        table[v] = scores[v].cpu().numpy()[pairs]
     seconds = table["seconds"].to_numpy()
     info = {
         "ecif_all_pairs_s": ecif_seconds,
         "retrain_one_s": float(np.median(seconds)),
         "retrain_total_s": float(np.sum(seconds)),
         "solver": dict(engine.solver.report),
-        "scores": {v: scores[v].numpy() for v in variants},
+        "scores": {v: scores[v].cpu().numpy() for v in variants},
         "val_loss": validation_loss(val_objective, theta_hat),
     }
     return table, info

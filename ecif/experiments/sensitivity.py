@@ -50,10 +50,10 @@ def score_rows(engine, val_gradient, loo=None, mask=None, variants=VARIANTS, sco
     ``(n,)`` score arrays are also stored there by variant."""
     IS = engine.influence_scores(val_gradient, variants=variants)
     if scores_out is not None:
-        scores_out.update({v: IS[v].numpy() for v in variants})
+        scores_out.update({v: IS[v].cpu().numpy() for v in variants})
     rows = []
     for v in variants:
-        s = IS[v].numpy()
+        s = IS[v].cpu().numpy()
         row = {"variant": v, "pearson": np.nan, "spearman": np.nan, "auroc": np.nan, "precision_at_k": np.nan}
         if loo is not None:
             a = loo_agreement(s[loo["pair"].to_numpy()], loo["actual"].to_numpy())
@@ -70,7 +70,7 @@ def damping_sweep(objective, theta_hat, val_gradient, dampings, loo=None, mask=N
     """Rows ``damping``, ``min_eigenvalue``, ``variant``, ``pearson``, ``spearman``, ``auroc``,
     ``precision_at_k`` for each damping ``mu``; one dense Hessian shared by all (``P`` up to a
     few thousand)."""
-    h = objective.hessian(torch.as_tensor(theta_hat, dtype=torch.float64))
+    h = objective.hessian(torch.as_tensor(theta_hat, dtype=torch.float64, device=objective.device))
     rows = []
     for mu in dampings:
         with warnings.catch_warnings():

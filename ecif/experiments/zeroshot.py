@@ -16,13 +16,13 @@ import numpy as np
 import torch
 from torch.func import jacrev
 
-from ecif.core.terms import DTYPE
+from ecif.core.terms import DTYPE, device_of
 
 __all__ = ["ZeroShotSet"]
 
 
 def _features(a, name: str) -> torch.Tensor:
-    t = (a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))).to(DTYPE)
+    t = (a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a), device="cpu")).to(DTYPE)
     if t.ndim != 2:
         raise ValueError(f"{name} must have 2 dimensions, got shape {tuple(t.shape)}.")
     return t
@@ -59,7 +59,7 @@ class ZeroShotSet:
     def subset(self, items) -> ZeroShotSet:
         """The items ``items`` (indices) only."""
         items = np.asarray(items, dtype=np.int64)
-        return ZeroShotSet(self.x[torch.from_numpy(items)], self.class_text, self.labels[items])
+        return ZeroShotSet(self.x[torch.as_tensor(items, device=self.x.device)], self.class_text, self.labels[items])
 
     def logits(self, param, theta) -> torch.Tensor:
         """Logits ``(m, C)`` = ``exp(t) <normalize(W_img x_i), normalize(W_txt c_j)>`` of the heads
@@ -77,7 +77,7 @@ class ZeroShotSet:
         return torch.exp(param.log_scale(theta)) * u @ v.T
 
     def _y(self) -> torch.Tensor:
-        return torch.as_tensor(self.labels).long()
+        return torch.as_tensor(self.labels, device=self.x.device).long()
 
     def accuracy(self, param, theta) -> float:
         """Top-1 zero-shot accuracy in [0, 1]: the fraction of images whose highest-logit class
@@ -88,7 +88,7 @@ class ZeroShotSet:
     def predictions(self, param, theta) -> np.ndarray:
         """Predicted class ``(m,)``."""
         with torch.no_grad():
-            return self.logits(param, theta).argmax(dim=1).numpy()
+            return self.logits(param, theta).argmax(dim=1).cpu().numpy()
 
     def margins(self, param, theta) -> np.ndarray:
         """True-class logit minus the best other logit ``(m,)``; negative = mispredicted."""
@@ -97,7 +97,7 @@ class ZeroShotSet:
             logits = self.logits(param, theta)
             true = logits.gather(1, y[:, None])[:, 0]
             other = logits.scatter(1, y[:, None], float("-inf")).max(dim=1).values
-            return (true - other).numpy()
+            return (true - other).cpu().numpy()
 
     def mispredicted(self, param, theta) -> np.ndarray:
         """Indices of mispredicted items, most confidently wrong (lowest margin) first."""
@@ -113,4 +113,4 @@ class ZeroShotSet:
         def losses(th):
             return torch.nn.functional.cross_entropy(self.logits(param, th), y, reduction="none")
 
-        return jacrev(losses)(torch.as_tensor(theta, dtype=DTYPE)).T
+        return jacrev(losses)(torch.as_tensor(theta, dtype=DTYPE, device=device_of(self.x))).T

@@ -277,7 +277,8 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "threads": Int("torch CPU threads", 1, ge=1),
         "encoder": Text(ENCODER_MEANING, "embedded", validator=_encoder_form,
                         hint="examples: " + ", ".join(ENCODER_EXAMPLES)),
-        "device": Choice("torch device of the feature extraction (the fit stays on the CPU, float64)", DEVICES),
+        "device": Choice("torch device of the feature extraction, the fit and the influence computations "
+                         "(float64; later stages use the fit's device)", DEVICES),
         "scheduler": Text("where the leave-one-out refits run (Dask): local = a LocalCluster, one worker per core; "
                           "local:N = N workers; tcp://host:port = a running Dask scheduler", "local",
                           nullable=True, null_means="serial, in the stage's own process",

@@ -38,9 +38,19 @@ __all__ = ["FitSettings", "Fitted", "Problem", "as_tensor", "build_problem", "ce
            "load_fit", "not_converged_message", "save_fit"]
 
 
-def as_tensor(a) -> torch.Tensor:
-    """float64 torch tensor of an array-like."""
-    return torch.as_tensor(np.asarray(a), dtype=DTYPE)
+def as_tensor(a, device="cpu") -> torch.Tensor:
+    """float64 torch tensor of an array-like, on ``device``."""
+    a = a.detach() if isinstance(a, torch.Tensor) else np.asarray(a)
+    return torch.as_tensor(a, dtype=DTYPE, device=device)
+
+
+def _check_device(device) -> str:
+    """``device`` as a string, refused with the fix when it is ``cuda`` on a machine without one."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} asked for, but torch.cuda.is_available() is false on this "
+                         "machine; pass device='cpu' (common.device: cpu).")
+    return str(dev)
 
 
 @dataclass
@@ -112,6 +122,7 @@ def build_problem(
     n_train: int | None = None,
     batching: BatchingProtocol | None = None,
     centre: bool = False,
+    device: str = "cpu",
 ) -> Problem:
     """Objective ``L`` (LoRA rank ``rank`` on the saved projections) and ``L_val`` from features.
 
@@ -122,7 +133,13 @@ def build_problem(
     images, class prompts) as part of the frozen map: the embedding is ``W (x - mean)``
     (docs/math.md §13): use it for features with a large common offset (the fit's warning names
     one). ``centre=False`` (default, see §13 for why) uses the features as saved.
+
+    ``device`` (``common.device``: ``cpu`` or ``cuda``) is where the features, the parameters
+    and every computation on them (fit, Hessian-vector products, solves, influence scores) live,
+    in float64; random initialisation is drawn on the CPU, so ``theta0`` is the same everywhere.
+    Scores come back to numpy with ``.cpu()``.
     """
+    device = _check_device(device)
     feats = load_features(features_dir)
     centre_split, centring = None, None
     if centre:
@@ -138,22 +155,23 @@ def build_problem(
         x, y, mask = x[:n_train], y[:n_train], mask[:n_train]
     n = len(x)
     param = LoRAHeads(
-        as_tensor(feats["W_img"]),
-        as_tensor(feats["W_txt"]),
+        as_tensor(feats["W_img"], device),
+        as_tensor(feats["W_txt"], device),
         float(feats["log_logit_scale"]),
         rank=rank,
         seed=seed,
     )
     bp = batching if batching is not None else BatchingProtocol.from_seed(n, batch_size, seed)
-    objective = ContrastiveObjective(param, as_tensor(x), as_tensor(y), bp, lam=lam)
+    objective = ContrastiveObjective(param, as_tensor(x, device), as_tensor(y, device), bp, lam=lam)
     n_val = len(feats["x_val"])
     val_bp = BatchingProtocol.from_seed(n_val, batch_size, seed + 1)
     val = ContrastiveObjective(
-        param, as_tensor(feats["x_val"]), as_tensor(feats["y_val"]), val_bp, lam=0.0
+        param, as_tensor(feats["x_val"], device), as_tensor(feats["y_val"], device), val_bp, lam=0.0
     )
     test_set = None
     if "labels_test" in feats and "class_text" in feats:
-        test_set = ZeroShotSet(as_tensor(feats["x_test"]), as_tensor(feats["class_text"]), feats["labels_test"])
+        test_set = ZeroShotSet(as_tensor(feats["x_test"], device), as_tensor(feats["class_text"], device),
+                               feats["labels_test"])
     config = {
         "features_dir": str(features_dir),
         "rank": rank,
@@ -163,6 +181,7 @@ def build_problem(
         "n_train": n_train,
         "centre": bool(centre),
         "centre_split": centre_split,
+        "device": device,
     }
     return Problem(param=param, objective=objective, val=val, batching=bp, mask=mask, test_set=test_set,
                    config=config, centring=centring)
@@ -182,7 +201,8 @@ def save_fit(
     np.save(out / "theta_hat.npy", theta_hat.detach().cpu().numpy())
     np.save(out / "batching.npy", problem.batching.batch_ids, allow_pickle=False)
     if hessian is not None:
-        np.save(out / "hessian.npy", torch.as_tensor(hessian).detach().cpu().numpy())
+        np.save(out / "hessian.npy", hessian.detach().cpu().numpy() if isinstance(hessian, torch.Tensor)
+                else np.asarray(hessian))
     write_json(out / "fit.json", {"config": problem.config, "report": report})
     return out
 
@@ -204,11 +224,16 @@ class Fitted:
         return ECIF(self.problem.objective, self.theta_hat, solver=solver, damping=damping)
 
 
-def load_fit(fit_dir: str | Path) -> Fitted:
-    """Rebuild the problem of a saved fit (same features, batching, rank, lam, seed)."""
+def load_fit(fit_dir: str | Path, device: str | None = None) -> Fitted:
+    """Rebuild the problem of a saved fit (same features, batching, rank, lam, seed).
+
+    ``device``: where the problem, ``theta_hat`` and the Hessian are put (:func:`build_problem`);
+    ``None`` (default): the device the fit was made on, recorded in its ``fit.json`` (``cpu`` for
+    fits saved before the device was recorded)."""
     fit_dir = Path(fit_dir)
     saved = read_json(fit_dir / "fit.json")
     cfg = saved["config"]
+    device = _check_device(cfg.get("device", "cpu") if device is None else device)
     problem = build_problem(
         cfg["features_dir"],
         rank=cfg["rank"],
@@ -218,10 +243,11 @@ def load_fit(fit_dir: str | Path) -> Fitted:
         n_train=cfg["n_train"],
         centre=cfg.get("centre", False),  # fits saved before centring existed were uncentred
         batching=BatchingProtocol(np.load(fit_dir / "batching.npy", allow_pickle=False)),
+        device=device,
     )
-    theta = as_tensor(np.load(fit_dir / "theta_hat.npy"))
+    theta = as_tensor(np.load(fit_dir / "theta_hat.npy"), device)
     h_path = fit_dir / "hessian.npy"
-    hessian = as_tensor(np.load(h_path)) if h_path.is_file() else None
+    hessian = as_tensor(np.load(h_path), device) if h_path.is_file() else None
     return Fitted(problem, theta, saved["report"], hessian)
 
 
@@ -289,7 +315,8 @@ def fit_corrupted(
     ``rate``, ``noise_seed``, ``systematic`` for ``attribute_swap``), encode every split with the
     saved frozen encoder (features written to ``features_dir``), build the problem and fit it
     with ``settings``. ``encoder`` is the ``common.encoder`` switch (``embedded``: the default
-    encoder saved in ``encoder_dir``), ``device`` where the features are extracted.
+    encoder saved in ``encoder_dir``), ``device`` where the features are extracted and the
+    problem is fitted (:func:`build_problem`, float64).
 
     Returns ``(fitted, info)``: the fit with its Hessian, and ``info`` with ``n_train``,
     ``n_misaligned``, ``fit_grad_norm``, ``fit_converged``, ``min_eigenvalue``,
@@ -312,7 +339,7 @@ def fit_corrupted(
     features_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    problem = build_problem(features_dir, **settings.problem_kwargs())
+    problem = build_problem(features_dir, **settings.problem_kwargs(), device=device)
     res = fit(problem.objective, gtol=settings.gtol, max_iter=settings.max_iter, method=settings.method)
     if not res.converged:
         raise RuntimeError(not_converged_message(problem, res, settings))

@@ -13,6 +13,7 @@ from ecif.data.features import save_features
 from ecif.data.synthetic import synthetic_pairs
 from ecif.experiments.retraining import loo_val_changes
 from ecif.experiments.zeroshot import ZeroShotSet
+from ecif.kit.files import read_json, write_json
 from ecif.kit.problem import (FitSettings, Fitted, as_tensor, build_problem, centring_means, load_fit,
                               not_converged_message, save_fit)
 
@@ -46,7 +47,7 @@ def test_build_problem(saved):
     np.testing.assert_array_equal(problem.mask, d.misaligned[:50])
     assert problem.param.n_params == 2 * (5 + 5 + 2 * 4) + 1
     assert problem.config == {"features_dir": str(folder), "rank": 2, "lam": 0.3, "batch_size": 16, "seed": 1,
-                              "n_train": 50, "centre": False, "centre_split": None}
+                              "n_train": 50, "centre": False, "centre_split": None, "device": "cpu"}
     # the zero-shot test set: float64 features of the test split and its labels
     test = problem.test_set
     assert isinstance(test, ZeroShotSet) and len(test) == 30 and test.x.dtype == torch.float64
@@ -88,6 +89,70 @@ def test_fitted_engine(saved):
             torch.testing.assert_close(s, reference[v], rtol=1e-12, atol=1e-15)
     damped = Fitted(problem, res.theta, {}, hessian).engine(damping=0.5)
     assert damped.solver.report["damping"] == 0.5
+
+
+def _scores(fitted) -> dict:
+    g = validation_gradient(fitted.problem.val, fitted.theta_hat)
+    out = {f"is_{v}": s for v, s in fitted.engine().influence_scores(g).items()}
+    out.update(theta=fitted.theta_hat, val_gradient=g)
+    return {k: t.detach().cpu().numpy() for k, t in out.items()}
+
+
+def _refit(folder, device):
+    settings = FitSettings(rank=2, lam=0.3, batch_size=16, seed=1, n_train=50)
+    problem = build_problem(folder, **settings.problem_kwargs(), device=device)
+    res = fit(problem.objective, gtol=1e-10)
+    assert res.converged
+    return Fitted(problem, res.theta, res.summary(), problem.objective.hessian(res.theta))
+
+
+def test_device_cpu_is_the_default_bit_for_bit(saved, tmp_path):
+    """``device="cpu"`` named explicitly (build, fit, Hessian, scores) equals the default path;
+    the device is recorded and ``load_fit`` reuses it unless told otherwise (issue 10.5)."""
+    folder, _, _, problem, res = saved
+    explicit = _refit(folder, "cpu")
+    default = Fitted(problem, res.theta, res.summary(), problem.objective.hessian(res.theta))
+    a, b = _scores(default), _scores(explicit)
+    for k in a:
+        np.testing.assert_array_equal(b[k], a[k], err_msg=k)
+    assert explicit.problem.config["device"] == "cpu" and explicit.problem.objective.device == torch.device("cpu")
+    save_fit(tmp_path / "fit", explicit.problem, explicit.theta_hat, explicit.report, hessian=explicit.hessian)
+    for back in (load_fit(tmp_path / "fit"), load_fit(tmp_path / "fit", device="cpu")):
+        assert back.theta_hat.device == back.hessian.device == back.problem.param.device == torch.device("cpu")
+        c = _scores(back)
+        for k in a:
+            np.testing.assert_array_equal(c[k], a[k], err_msg=k)
+    # fits saved before the device was recorded load on the CPU
+    cfg = read_json(tmp_path / "fit" / "fit.json")
+    del cfg["config"]["device"]
+    write_json(tmp_path / "fit" / "fit.json", cfg)
+    assert load_fit(tmp_path / "fit").problem.config["device"] == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_refused_without_a_gpu(saved):
+    folder = saved[0]
+    with pytest.raises(ValueError, match="torch.cuda.is_available\\(\\) is false"):
+        build_problem(folder, rank=1, lam=0.1, batch_size=None, seed=0, device="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_problem_matches_cpu(saved, tmp_path):
+    folder = saved[0]
+    cpu, gpu = _refit(folder, "cpu"), _refit(folder, "cuda")
+    assert gpu.problem.config["device"] == "cuda" and gpu.theta_hat.device.type == "cuda"
+    np.testing.assert_array_equal(gpu.problem.param.theta0.cpu().numpy(), cpu.problem.param.theta0.numpy())
+    a, b = _scores(cpu), _scores(gpu)
+    for k in a:
+        assert np.abs(b[k] - a[k]).max() <= 1e-10 * max(np.abs(a[k]).max(), 1e-300), k
+    # a fit made on the GPU reloads there, or on the CPU when told
+    save_fit(tmp_path / "fit", gpu.problem, gpu.theta_hat, gpu.report, hessian=gpu.hessian)
+    assert load_fit(tmp_path / "fit").theta_hat.device.type == "cuda"
+    back = load_fit(tmp_path / "fit", device="cpu")
+    assert back.theta_hat.device.type == "cpu"
+    c = _scores(back)
+    for k in a:
+        assert np.abs(c[k] - a[k]).max() <= 1e-10 * max(np.abs(a[k]).max(), 1e-300), k
 
 
 def test_fit_settings():
