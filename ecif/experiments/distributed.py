@@ -160,7 +160,7 @@ def retrain_many(objective, theta_hat: torch.Tensor, removals, *, val_objective=
     sets = [np.atleast_1d(np.asarray(r)) for r in removals]
     options = {"init": init, "gtol": gtol, "max_iter": max_iter, "method": method,
                "threads": torch.get_num_threads() if threads is None else int(threads), "keep_theta": keep_theta}
-    shared = {"objective": objective, "theta_hat": torch.as_tensor(theta_hat, dtype=torch.float64),
+    shared = {"objective": objective, "theta_hat": torch.as_tensor(theta_hat, dtype=torch.float64, device=objective.device),
               "preconditioner": preconditioner, "val_objective": val_objective}
     if val_objective is not None:
         shared["base_val_loss"] = validation_loss(val_objective, shared["theta_hat"])

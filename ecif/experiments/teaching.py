@@ -84,7 +84,7 @@ def digits_problem(n_train: int = 200, classes: tuple[int, int] = (3, 5), n_flip
     flipped = np.zeros(n_train, dtype=bool)
     flipped[np.random.default_rng(seed + 1).choice(n_train, n_flip, replace=False)] = True
     y[flipped] *= -1
-    t = lambda a: torch.as_tensor(a, dtype=DT)  # noqa: E731
+    t = lambda a: torch.as_tensor(a, dtype=DT, device="cpu")  # noqa: E731
     return Digits(t(feats[:n_train]), t(y), t(feats[n_train:]), t(labels[n_train:]), flipped,
                   tuple(classes))
 
@@ -115,7 +115,7 @@ def logistic_hessian(theta, x, y, lam: float = 0.0, n: int | None = None, keep=N
     w = p * (1 - p)
     if keep is not None:
         w = w * keep
-    return (x * w[:, None]).T @ x / n + lam * torch.eye(x.shape[1], dtype=x.dtype)
+    return (x * w[:, None]).T @ x / n + lam * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
 
 
 def _newton(theta, x, y, lam, keep=None, gtol=1e-11, max_iter=100):
@@ -158,7 +158,7 @@ class LogisticFit:
 @_one_thread
 def fit_logistic(data: Digits, lam: float) -> LogisticFit:
     """``theta_hat`` by Newton from 0, in float64, to a gradient norm below 1e-11 (or 100 steps)."""
-    theta0 = torch.zeros(data.x.shape[1], dtype=DT)
+    theta0 = torch.zeros(data.x.shape[1], dtype=DT, device=data.x.device)
     theta, it, gn = _newton(theta0, data.x, data.y, lam)
     emin = float(torch.linalg.eigvalsh(logistic_hessian(theta, data.x, data.y, lam)).min())
     return LogisticFit(theta, lam, it, gn, emin)
@@ -167,7 +167,7 @@ def fit_logistic(data: Digits, lam: float) -> LogisticFit:
 def logistic_influence(data: Digits, res: LogisticFit, damping: float = 0.0) -> np.ndarray:
     """``IS(k) = grad L_test^T (1/n) (H + damping I)^-1 grad l_k`` for every training point."""
     n, th = len(data.y), res.theta
-    H = logistic_hessian(th, data.x, data.y, res.lam) + damping * torch.eye(len(th), dtype=DT)
+    H = logistic_hessian(th, data.x, data.y, res.lam) + damping * torch.eye(len(th), dtype=DT, device=th.device)
     g_test = logistic_grad(th, data.x_test, data.y_test)  # mean test loss, no regulariser
     h = torch.linalg.solve(H, g_test)
     per_point = data.x * (-data.y * torch.sigmoid(-data.y * (data.x @ th)))[:, None]  # grad l_k
@@ -180,7 +180,7 @@ def _batched_loo(data: Digits, res: LogisticFit, gtol: float = 1e-9, max_iter: i
     ``theta_hat``. Returns the ``(n, d)`` refits and their largest gradient norm."""
     x, y, lam = data.x, data.y, res.lam
     n, d = x.shape
-    keep = 1.0 - torch.eye(n, dtype=DT)  # keep[k, j]: refit k keeps example j
+    keep = 1.0 - torch.eye(n, dtype=DT, device=x.device)  # keep[k, j]: refit k keeps example j
     theta = res.theta.expand(n, d).clone()
 
     def losses(th):
@@ -195,9 +195,9 @@ def _batched_loo(data: Digits, res: LogisticFit, gtol: float = 1e-9, max_iter: i
             break
         p = torch.sigmoid(theta @ x.T)
         w = p * (1 - p) * keep
-        H = (w[:, :, None] * x).transpose(1, 2) @ x / n + lam * torch.eye(d, dtype=DT)  # (n, d, d)
+        H = (w[:, :, None] * x).transpose(1, 2) @ x / n + lam * torch.eye(d, dtype=DT, device=x.device)  # (n, d, d)
         step = torch.linalg.solve(H, g.unsqueeze(-1)).squeeze(-1)
-        f0, a = losses(theta), torch.ones(n, dtype=DT)
+        f0, a = losses(theta), torch.ones(n, dtype=DT, device=x.device)
         for _ in range(40):  # halve the step of the refits whose loss went up
             worse = losses(theta - a[:, None] * step) > f0 + 1e-14 * f0.abs()  # round-off
             if not bool(worse.any()):
