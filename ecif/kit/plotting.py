@@ -216,8 +216,14 @@ def trace_gallery(test_images, test_titles, train_images, captions, table, mask=
 
     items = list(dict.fromkeys(table["item"]))
     top = int(table["rank"].max()) + 1
-    fig, axes = plt.subplots(len(items), top + 1, figsize=(2.4 * (top + 1), 2.9 * len(items)), squeeze=False)
-    for row, z in zip(axes, items):
+    fig, axes = plt.subplots(len(items) + 1, top + 1, figsize=(2.4 * (top + 1), 0.6 + 2.9 * len(items)),
+                             squeeze=False, gridspec_kw={"height_ratios": [0.2] + [1.0] * len(items)})
+    headers = ["mispredicted test item\n(true / predicted)"] + [
+        f"traced train pair #{j + 1}" + ("\n(strongest)" if j == 0 else "") for j in range(top)]
+    for ax, text in zip(axes[0], headers):  # a row of column headers
+        ax.axis("off")
+        ax.text(0.5, 0.0, text, ha="center", va="bottom", fontsize=9, fontweight="bold")
+    for row, z in zip(axes[1:], items):
         for ax in row:
             ax.axis("off")
         row[0].axis("on")
@@ -231,11 +237,6 @@ def trace_gallery(test_images, test_titles, train_images, captions, table, mask=
             bad = mask is not None and bool(np.asarray(mask)[k])
             ax.set_title(textwrap.fill(("[misaligned] " if bad else "") + captions[k], width), fontsize=7,
                          color="tab:red" if bad else "black")
-    headers = ["mispredicted test item\n(true / predicted)"] + [
-        f"traced train pair #{j + 1}" + ("\n(strongest)" if j == 0 else "") for j in range(top)]
-    for ax, text in zip(axes[0], headers):
-        ax.annotate(text, xy=(0.5, 1.0), xycoords="axes fraction", xytext=(0, 38),
-                    textcoords="offset points", ha="center", va="bottom", fontsize=9, fontweight="bold")
-    fig.suptitle(title, y=1.0 + 0.6 / max(1, len(items)))
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
