@@ -70,6 +70,7 @@ def pair_gallery(
     indices,
     ncols: int = 4,
     width: int = 26,
+    title: str = "Training pairs: the caption trained on (red: corrupted) and, below, the original",
 ):
     """Grid of image-caption pairs: the caption the model is trained on (red when it was
     corrupted) and, below it, the original caption."""
@@ -91,6 +92,7 @@ def pair_gallery(
         ax.set_title(shown, fontsize=8, color="tab:red" if changed else "black")
         ax.set_xlabel(truth, fontsize=7, color="0.35")
         ax.set_ylabel(f"pair {k}", fontsize=7)
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 

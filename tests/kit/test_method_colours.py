@@ -131,3 +131,11 @@ def _close():
     import matplotlib.pyplot as plt
 
     plt.close("all")
+
+
+def test_pair_gallery_and_loss_curve_are_titled() -> None:
+    images = np.zeros((3, 8, 8))
+    fig = plotting.pair_gallery(images, ["a", "b", "x"], ["a", "b", "c"], [0, 1, 2], ncols=3)
+    assert fig._suptitle.get_text()
+    fig = plotting.loss_curve([3.0, 2.0, 1.5], title="encoder training")
+    assert fig.axes[0].get_title() and fig.axes[0].get_xlabel() and fig.axes[0].get_ylabel()
