@@ -22,10 +22,15 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 export DVC_NO_ANALYTICS := 1
 export PYTHON VENV
 
-.PHONY: help repro test setup pull plots lab lock clean-venv
+.PHONY: help repro class test setup pull plots lab lock clean-venv
+
+# Class mode (README "Class mode"): the core stages check_params .. loo, detect with a shorter
+# encoder training and 12 leave-one-out refits, as a DVC experiment in the workspace.
+CLASS_PARAMS := encoder.epochs=20 loo.n_pairs=12 loo.n_misaligned=4
 
 help:
 	@echo "make repro   - set up $(VENV) if needed, dvc pull, dvc repro, print where the reports are"
+	@echo "make class   - class mode: the core notebooks 01-05 with small settings, about a minute (README \"Class mode\")"
 	@echo "make test    - set up $(VENV) if needed, run pytest (extra args: PYTEST_ARGS='-m \"not slow\"')"
 	@echo "make setup   - only create/update $(VENV) (requirements.lock: torch==2.14.1, .[kit,test]; kernel ecif)"
 	@echo "make plots   - dvc plots show with the offline HTML template -> $(PLOTS_OUT)/index.html"
@@ -49,13 +54,21 @@ repro: pull
 	@start=$$(date +%s); dvc repro; end=$$(date +%s); \
 	echo "[repro] pipeline finished in $$((end - start)) s"
 	@echo
-	@echo "[repro] core metrics (all of them: dvc metrics show; tables: reports/tables/summary.md):"
-	@dvc metrics show metrics/finetune.json metrics/loo.json || true
+	@echo "[repro] core metrics, full precision (more: README \"Run experiments\"; tables: reports/tables/summary.md):"
+	@python -m ecif.kit.metrics_digest metrics/finetune.json metrics/loo.json || true
 	@echo
 	@echo "[repro] reports (executed notebooks and their HTML exports):"
 	@if ls reports/*.html >/dev/null 2>&1; then ls -1 reports/*.html reports/*.ipynb 2>/dev/null | sed 's/^/    /'; \
 	else echo "    (none found under reports/)"; fi
 	@echo "[repro] offline plots: make plots  ->  $(PLOTS_OUT)/index.html"
+
+class: pull
+	@echo "[class] dvc exp run $(addprefix -S ,$(CLASS_PARAMS)) loo detect"
+	@start=$$(date +%s); dvc exp run $(addprefix -S ,$(CLASS_PARAMS)) loo detect; end=$$(date +%s); \
+	echo "[class] core stages finished in $$((end - start)) s"
+	@python -m ecif.kit.metrics_digest metrics/finetune.json metrics/loo.json || true
+	@echo "[class] reports: reports/01_inject.html .. reports/05_detect.html; back to the defaults:" \
+	     "git checkout params.yaml && make repro"
 
 test: setup
 	@echo "[test] $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)"

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from ecif.experiments import emi_study as S
+from ecif.kit.plotting import METHOD_COLOURS
 
 
 def _kind(kind: str) -> tuple[str, bool]:
@@ -282,7 +283,8 @@ def scenario_means(grid: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------- figures
 
 MODALITY_COLORS = {"visual": "tab:blue", "text": "tab:orange", "joint": "tab:purple"}
-SET_COLORS = {"none": "black", "ecif": "tab:blue", "random": "tab:gray", "oracle": "tab:green"}
+#: Removal sets in the colours of :data:`ecif.kit.plotting.METHOD_COLOURS`.
+SET_COLORS = {s: METHOD_COLOURS[s] for s in ("none", "ecif", "random", "oracle")}
 KIND_STYLES = {"shuffle": "-", "systematic_swap": "--"}
 
 

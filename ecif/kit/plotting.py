@@ -8,12 +8,44 @@ from pathlib import Path
 
 import numpy as np
 
-VARIANT_COLORS = {
-    "ecif": "tab:blue",
-    "newton": "tab:orange",
-    "positive": "tab:green",
-    "negative": "tab:red",
+#: One colour per method, the same in every figure of the notebooks and on the DVC plots page
+#: (``tools/dvc-plots/methods_*.json`` carry the same mapping, checked by a test): the detection
+#: methods of :data:`ecif.experiments.detection.METHODS`, the removal sets ``oracle`` / ``none``
+#: of the cleaning and EMI stages. Hex strings (tab10 order), so vega reads them too.
+METHOD_COLOURS = {
+    "ecif": "#1f77b4",           # blue: the paper's method
+    "newton": "#ff7f0e",         # orange
+    "positive": "#2ca02c",       # green: the classical influence function
+    "negative": "#d62728",       # red
+    "self_ecif": "#17becf",      # cyan
+    "self_positive": "#bcbd22",  # olive
+    "tracin": "#9467bd",         # purple
+    "pair_loss": "#8c564b",      # brown
+    "cosine": "#e377c2",         # pink
+    "random": "#7f7f7f",         # grey: the chance line (dotted)
+    "oracle": "#000000",         # black: the misaligned pairs themselves
+    "none": "#bdbdbd",           # light grey: nothing removed
 }
+
+#: The four influence variants (one solve): a view of :data:`METHOD_COLOURS`.
+VARIANT_COLORS = {v: METHOD_COLOURS[v] for v in ("ecif", "newton", "positive", "negative")}
+
+
+def method_colour(name: str, default: str = "#333333") -> str:
+    """The colour of method ``name`` (:data:`METHOD_COLOURS`; ``random_3`` -> ``random``)."""
+    name = str(name)
+    if name in METHOD_COLOURS:
+        return METHOD_COLOURS[name]
+    base = name.rsplit("_", 1)[0]
+    return METHOD_COLOURS.get(base, default)
+
+
+def method_style(name: str, highlight=("ecif",)) -> dict:
+    """Line style of method ``name``: its colour, thick when highlighted, dotted for ``random``."""
+    style = {"color": method_colour(name), "lw": 2.2 if name in highlight else 1.2}
+    if name == "random":
+        style.update(lw=1.0, ls=":")
+    return style
 
 
 def save(fig, path: str | Path, dpi: int = 110) -> Path:
@@ -38,6 +70,7 @@ def pair_gallery(
     indices,
     ncols: int = 4,
     width: int = 26,
+    title: str = "Training pairs: the caption trained on (red: corrupted) and, below, the original",
 ):
     """Grid of image-caption pairs: the caption the model is trained on (red when it was
     corrupted) and, below it, the original caption."""
@@ -59,6 +92,7 @@ def pair_gallery(
         ax.set_title(shown, fontsize=8, color="tab:red" if changed else "black")
         ax.set_xlabel(truth, fontsize=7, color="0.35")
         ax.set_ylabel(f"pair {k}", fontsize=7)
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 
@@ -92,7 +126,8 @@ def loo_scatter(table, variants=("ecif", "newton", "positive", "negative"), stat
         hi = float(max(actual.max(), pred.max()))
         pad = 0.05 * (hi - lo or 1.0)
         ax.plot(
-            [lo - pad, hi + pad], [lo - pad, hi + pad], color="0.6", lw=1, label="y = x"
+            [lo - pad, hi + pad], [lo - pad, hi + pad], color="0.5", lw=1, ls="--",
+            label="identity y = x",
         )
         ax.scatter(
             actual[~bad], pred[~bad], s=18, color=VARIANT_COLORS.get(v), label="clean"
@@ -109,12 +144,15 @@ def loo_scatter(table, variants=("ecif", "newton", "positive", "negative"), stat
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("predicted IS(k)", fontsize=8)
     axes[0][0].legend(fontsize=7)
+    fig.suptitle("Predicted influence against the actual change after retraining without pair k "
+                 "(on the dashed line: exact)")
     fig.tight_layout()
     return fig
 
 
 def detection_curves(
-    precision, recall, n_injected: int | None = None, highlight=("ecif",)
+    precision, recall, n_injected: int | None = None, highlight=("ecif",),
+    title: str = "Which pairs each method flags first: misaligned pairs found among the top k",
 ):
     """Precision@k and recall@k against k for every method (wide DataFrames from
     :func:`ecif.experiments.detection.detection_curves`); a dashed line at k = number injected."""
@@ -127,23 +165,23 @@ def detection_curves(
         (axes[1], recall, "recall@k"),
     ):
         for m in methods:
-            style = {"lw": 2.2} if m in highlight else {"lw": 1.1}
-            if m == "random":
-                style = {"lw": 1.0, "ls": ":", "color": "0.4"}
-            ax.plot(df["k"], df[m], label=m, **style)
+            ax.plot(df["k"], df[m], label=m, **method_style(m, highlight))
         if n_injected:
-            ax.axvline(n_injected, color="0.5", ls="--", lw=0.8)
+            ax.axvline(n_injected, color="0.5", ls="--", lw=0.8, label="k = number injected")
         ax.set_xlabel("k (pairs flagged, most harmful first)")
         ax.set_ylabel(name)
+        ax.set_title(f"{name} of misaligned-pair detection")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
 def curves_by_panel(frame, panel: str, x: str, y: str, line: str, err: str | None = None,
-                    xlabel: str = "", ylabel: str = "", logx: bool = False, highlight=("ecif",)):
+                    xlabel: str = "", ylabel: str = "", logx: bool = False, highlight=("ecif",),
+                    title: str = ""):
     """One panel per value of column ``panel`` of the long DataFrame ``frame``, one line per
     value of ``line``: ``y`` against ``x`` (shaded ``y +- err`` when ``err`` is given).
     Used for the sweeps: precision@k per misalignment kind, agreement per damping or ``lam``."""
@@ -155,34 +193,39 @@ def curves_by_panel(frame, panel: str, x: str, y: str, line: str, err: str | Non
         sub = frame[frame[panel] == p]
         for name in dict.fromkeys(sub[line]):
             d = sub[sub[line] == name].sort_values(x)
-            style = {"lw": 2.2} if name in highlight else {"lw": 1.1}
-            if name == "random":
-                style = {"lw": 1.0, "ls": ":", "color": "0.4"}
-            (h,) = ax.plot(d[x], d[y], label=str(name), **style)
+            (h,) = ax.plot(d[x], d[y], label=str(name), **method_style(str(name), highlight))
             if err is not None:
                 ax.fill_between(d[x], d[y] - d[err], d[y] + d[err], color=h.get_color(), alpha=0.12, lw=0)
         if logx:
             ax.set_xscale("symlog", linthresh=1e-4)
         ax.set_title(f"{panel} = {p}", fontsize=9)
         ax.set_xlabel(xlabel or x)
+        ax.set_ylabel(ylabel or y)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(ylabel or y)
     axes[0][-1].legend(fontsize=7, loc="best")
+    fig.suptitle(title or f"{ylabel or y} against {xlabel or x}, one panel per {panel}")
     fig.tight_layout()
     return fig
 
 
-def trace_gallery(test_images, test_titles, train_images, captions, table, mask=None, width: int = 22):
+def trace_gallery(test_images, test_titles, train_images, captions, table, mask=None, width: int = 22,
+                  title: str = "Trace-back: the training pairs that most pushed each test item to its wrong label"):
     """One row per mispredicted test item: its image (title ``test_titles[item]``), then its top
     traced training pairs (``table`` from :func:`ecif.experiments.misprediction.trace_gallery`: ``item``,
     ``rank``, ``pair``, ``score``) as image + training caption, red where ``mask`` marks the
-    pair as misaligned."""
+    pair as misaligned. Column headers above the first row; ``title`` above them."""
     import matplotlib.pyplot as plt
 
     items = list(dict.fromkeys(table["item"]))
     top = int(table["rank"].max()) + 1
-    fig, axes = plt.subplots(len(items), top + 1, figsize=(2.4 * (top + 1), 2.9 * len(items)), squeeze=False)
-    for row, z in zip(axes, items):
+    fig, axes = plt.subplots(len(items) + 1, top + 1, figsize=(2.4 * (top + 1), 0.6 + 2.9 * len(items)),
+                             squeeze=False, gridspec_kw={"height_ratios": [0.2] + [1.0] * len(items)})
+    headers = ["mispredicted test item\n(true / predicted)"] + [
+        f"traced train pair #{j + 1}" + ("\n(strongest)" if j == 0 else "") for j in range(top)]
+    for ax, text in zip(axes[0], headers):  # a row of column headers
+        ax.axis("off")
+        ax.text(0.5, 0.0, text, ha="center", va="bottom", fontsize=9, fontweight="bold")
+    for row, z in zip(axes[1:], items):
         for ax in row:
             ax.axis("off")
         row[0].axis("on")
@@ -196,5 +239,6 @@ def trace_gallery(test_images, test_titles, train_images, captions, table, mask=
             bad = mask is not None and bool(np.asarray(mask)[k])
             ax.set_title(textwrap.fill(("[misaligned] " if bad else "") + captions[k], width), fontsize=7,
                          color="tab:red" if bad else "black")
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
