@@ -237,9 +237,9 @@ def exercise_sweep_subset(long: pd.DataFrame, **select) -> list[str]:
     for col, val in select.items():
         part = part[part[col] == val]
     full, sub = sweep_winners(long), sweep_winners(part)
-    what = ", ".join([f"{c} = {v}" for c, v in select.items()] + [f"without {', '.join(exclude)}"] * bool(exclude))
-    return [f"{kind}: winner by AUROC {full.loc[kind, 'auroc']} on the whole sweep, {sub.loc[kind, 'auroc']} with "
-            f"{what}" for kind in sub.index]
+    what = ", ".join([f"{c} = {v}" for c, v in select.items()] + [f"{', '.join(exclude)} left out"] * bool(exclude))
+    return [f"{kind}: winner by AUROC {full.loc[kind, 'winner_auroc']} ({full.loc[kind, 'auroc']:.3f}) on the whole "
+            f"sweep, {sub.loc[kind, 'winner_auroc']} ({sub.loc[kind, 'auroc']:.3f}) with {what}" for kind in sub.index]
 
 
 # ---------------------------------------------------------------------------- 07 ablation
