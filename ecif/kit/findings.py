@@ -82,8 +82,8 @@ def exercise_epochs(record: dict, epochs: int) -> list[str]:
     if not loss:
         return ["no training here (a pretrained encoder): nothing to compare."]
     e = max(1, min(epochs, len(loss)))
-    return [f"after {e} epochs the loss was {loss[e - 1]:.3f}; after all {len(loss)} it is {loss[-1]:.3f} "
-            f"(the last {len(loss) - e} epochs removed {loss[e - 1] - loss[-1]:.3f})."]
+    return [f"after {e} epoch{'s' * (e != 1)} the loss was {loss[e - 1]:.3f}; after all {len(loss)} it is "
+            f"{loss[-1]:.3f} (the remaining {len(loss) - e} removed {loss[e - 1] - loss[-1]:.3f})."]
 
 
 # ----------------------------------------------------------------------------- 03 finetune
