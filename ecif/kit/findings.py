@@ -139,15 +139,16 @@ def loo_findings(stats: dict) -> list[str]:
     return out
 
 
-def exercise_damping(objective, theta_hat, val, loo: pd.DataFrame, mask, mu: float, stats: dict) -> list[str]:
-    """Exercise: ECIF with ``(H + μI)⁻¹`` against the same leave-one-out truth ``loo`` (``pair``,
-    ``actual``), next to the undamped ``stats["ecif"]`` (``spearman``, ``pearson``)."""
+def exercise_damping(fitted, loo: pd.DataFrame, mu: float, stats: dict) -> list[str]:
+    """Exercise: ECIF with ``(H + μI)⁻¹`` (the saved Hessian of ``fitted``, no recomputation)
+    against the leave-one-out truth ``loo`` (``pair``, ``actual``), next to the undamped
+    ``stats["ecif"]`` (``spearman``, ``pearson``)."""
     from ecif.core.evaluate import validation_gradient
-    from ecif.experiments.sensitivity import damping_sweep
-    row = damping_sweep(objective, theta_hat, validation_gradient(val, theta_hat), [mu], loo=loo, mask=mask,
-                        variants=("ecif",)).iloc[0]
-    return [f"ECIF vs leave-one-out: Spearman {stats['ecif']['spearman']:.3f} without damping, {row.spearman:.3f} "
-            f"with μ = {mu:g}; Pearson {stats['ecif']['pearson']:.3f} -> {row.pearson:.3f}."]
+    from ecif.experiments.sensitivity import score_rows
+    g = validation_gradient(fitted.problem.val, fitted.theta_hat)
+    row = score_rows(fitted.engine(damping=mu), g, loo=loo, mask=fitted.problem.mask, variants=("ecif",))[0]
+    return [f"ECIF vs leave-one-out: Spearman {stats['ecif']['spearman']:.3f} without damping, {row['spearman']:.3f} "
+            f"with μ = {mu:g}; Pearson {stats['ecif']['pearson']:.3f} -> {row['pearson']:.3f}."]
 
 
 def exercise_clean_only(table: pd.DataFrame, variant: str = "ecif") -> list[str]:
