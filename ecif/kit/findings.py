@@ -250,15 +250,21 @@ def ablation_findings(roles: dict, damp: pd.DataFrame, lam_tab: pd.DataFrame, ba
     ``damping``/``lam``/``batch_size``, ``variant``, ``spearman``, ``min_eigenvalue``)."""
     r = roles
     carrier = max(("positive", "negative"), key=lambda v: r[v]["spearman"])
+    gain = r["ecif"]["spearman"] - r[carrier]["spearman"]
+    verdict = (f"the two roles together predict clearly better than either alone ({gain:+.3f} over the {carrier} role)"
+               if gain > 0.05 else f"the {carrier} role carries most of the influence")
     out = [f"Against leave-one-out, positive-only Spearman {r['positive']['spearman']:.3f}, negative-only "
-           f"{r['negative']['spearman']:.3f}, both (ECIF) {r['ecif']['spearman']:.3f}: the {carrier} role carries "
-           f"most of the influence."]
+           f"{r['negative']['spearman']:.3f}, both (ECIF) {r['ecif']['spearman']:.3f}: {verdict}."]
     for tab, col, name in ((damp, "damping", "damping μ"), (lam_tab, "lam", "λ"), (batch_tab, "batch_size", "batch size")):
         e = tab[tab["variant"] == "ecif"].reset_index(drop=True)
         if not len(e):
             continue
         best = e.loc[e["spearman"].idxmax()]
         worst = e.loc[e["spearman"].idxmin()]
+        if best["spearman"] - worst["spearman"] < 5e-4:
+            out.append(f"{name}: ECIF's Spearman is {best['spearman']:.3f} at every value of the sweep "
+                       f"({', '.join(str(v) for v in e[col])}).")
+            continue
         out.append(f"{name}: ECIF's Spearman is highest at {best[col]} ({best['spearman']:.3f}) and lowest at "
                    f"{worst[col]} ({worst['spearman']:.3f}).")
     if "neg_to_pos" in batch_tab:
@@ -305,7 +311,7 @@ def exercise_fraction(scores: pd.DataFrame, mask, fraction: float, methods=("eci
     out = []
     for meth in methods:
         top = np.argsort(-scores[meth].to_numpy(), kind="stable")[:m]
-        out.append(f"{meth:8s} top {m} ({fraction:.0%}): {int(mask[top].sum())} misaligned of {int(mask.sum())}")
+        out.append(f"{meth:8s} top {m} ({fraction:.0%}): {int(mask[top].sum())} of the {int(mask.sum())} misaligned pairs")
     return out
 
 

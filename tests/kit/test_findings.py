@@ -116,13 +116,19 @@ def _tab(col, values, spearman):
 
 
 def test_ablation_findings_carrier_and_extremes():
-    roles = {"positive": {"spearman": 0.8}, "negative": {"spearman": 0.3}, "ecif": {"spearman": 0.9}}
+    roles = {"positive": {"spearman": 0.8}, "negative": {"spearman": 0.3}, "ecif": {"spearman": 0.83}}
     out = findings.ablation_findings(roles, _tab("damping", [0.0, 0.1, 1.0], [0.99, 0.95, 0.8]),
                                      _tab("lam", [0.03, 0.1], [0.7, 0.9]), _tab("batch_size", [32, 64], [0.9, 0.94]))
     assert "the positive role carries" in out[0]
     assert out[1] == "damping μ: ECIF's Spearman is highest at 0.0 (0.990) and lowest at 1.0 (0.800)."
     assert "highest at 0.1 (0.900) and lowest at 0.03 (0.700)" in out[2]
     assert "0.23 to 0.23" in out[4] or "0.23 to 0.24" in out[4]
+    roles["ecif"]["spearman"] = 0.99
+    out = findings.ablation_findings(roles, _tab("damping", [0.0, 0.1], [0.9, 0.9]), _tab("lam", [0.1], [1.0]),
+                                     _tab("batch_size", [32], [1.0]))
+    assert "together predict clearly better than either alone (+0.190 over the positive role)" in out[0]
+    assert out[1] == "damping μ: ECIF's Spearman is 0.900 at every value of the sweep (0.0, 0.1)."
+    roles["ecif"]["spearman"] = 0.88
     roles["negative"]["spearman"] = 0.85
     assert "the negative role carries" in findings.ablation_findings(roles, _tab("damping", [0.0], [1.0]),
                                                                      _tab("lam", [0.1], [1.0]),
@@ -158,7 +164,7 @@ def test_exercise_fraction_counts_misaligned_in_top():
     mask = np.array([True, False, True, False, False, False, False, False, False, False])
     scores = pd.DataFrame({"ecif": np.arange(10.0)[::-1], "cosine": np.arange(10.0)})
     out = findings.exercise_fraction(scores, mask, 0.2)
-    assert out == ["ecif     top 2 (20%): 1 misaligned of 2", "cosine   top 2 (20%): 0 misaligned of 2"]
+    assert out == ["ecif     top 2 (20%): 1 of the 2 misaligned pairs", "cosine   top 2 (20%): 0 of the 2 misaligned pairs"]
 
 
 def _traceback(random_gain):
