@@ -115,7 +115,8 @@ def exercise_lam(problem_lam: float, hessian, lam_new: float) -> list[str]:
     h = torch.as_tensor(hessian, dtype=torch.float64)
     lo = float(torch.linalg.eigvalsh(h)[0])
     shifted = float(torch.linalg.eigvalsh(h - (problem_lam - lam_new) * torch.eye(h.shape[0], dtype=h.dtype))[0])
-    state = "still a strict minimum" if shifted > 0 else "no longer a strict minimum: influence would be refused"
+    state = ("still a strict minimum" if shifted > 0 else
+             "no longer a strict minimum, which the inverse Hessian of influence functions needs")
     return [f"smallest eigenvalue at lam = {problem_lam:g}: {lo:.4g}; at lam = {lam_new:g} (same θ̂): {shifted:.4g}, "
             f"{state}."]
 
@@ -361,7 +362,7 @@ def exercise_culprit_overlap(engine, test, item: int, k: int) -> list[str]:
     g = test.subset([int(item)]).item_gradients(engine.objective.param, engine.theta_hat)[:, 0]
     s = culprit_scores(engine, g)
     top = {m: set(np.argsort(-v, kind="stable")[:k].tolist()) for m, v in s.items()}
-    return [f"test item {int(item)}: the top {k} culprits by RIS and by IS share {len(top['ris'] & top['is'])} pairs."]
+    return [f"test item {int(item)}: the top {k} culprits by RIS and by IS share {len(top['ris'] & top['is'])} of them."]
 
 
 def exercise_traceback_misaligned(rates: pd.DataFrame) -> list[str]:
