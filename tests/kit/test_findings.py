@@ -1,0 +1,212 @@
+"""The notebooks' "What it found" sentences and exercise checks, on hand-made inputs with known
+answers: each test fails if a ranking, a comparison or a count in the sentence logic is wrong."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from ecif.kit import findings
+
+
+def _det(**auroc):
+    return {m: {"auroc": a, "average_precision": a, "precision_at_k": a / 2, "recall_at_k": a / 2}
+            for m, a in auroc.items()}
+
+
+def test_inject_findings_counts_and_base_rate():
+    mask = np.zeros(50, bool)
+    mask[[1, 4, 9, 20, 33]] = True
+    out = findings.inject_findings(mask, "shuffle", 0.1)
+    assert out[0].startswith("5 of 50 train pairs (10.0 %)")
+    assert "= 5." in out[0]
+    assert "precision 0.100" in out[1]
+
+
+def test_encoder_findings_loss_and_chance():
+    out = findings.encoder_findings({"loss_per_epoch": [2.0, 1.5, 1.0], "batch_size": 4}, pretrained=False)
+    assert "from 2.000 after epoch 1 to 1.000 after epoch 3 (50.0 % lower)" in out[0]
+    assert "log(4) = 1.386" in out[1] and "0.72 of that" in out[1]
+    assert findings.encoder_findings({"arch": "ViT"}, pretrained=True)[0].startswith("No training")
+    assert "after 2 epochs the loss was 1.500" in findings.exercise_epochs({"loss_per_epoch": [2.0, 1.5, 1.0]}, 2)[0]
+
+
+def test_finetune_findings_convexity_and_accuracy_direction():
+    m = {"fit": {"converged": True, "iterations": 7, "grad_norm": 1e-12, "n_params": 9, "n_train": 20,
+                 "n_misaligned": 4},
+         "hessian": {"min_eigenvalue": 0.05, "max_eigenvalue": 2.0},
+         "zero_shot": {"base": 0.8, "fitted": 0.75}}
+    out = findings.finetune_findings(m, lam=0.1)
+    assert "converged in 7" in out[0]
+    assert "-0.05" in out[1] and "not convex" in out[1]
+    assert "lowered" in out[2] and "-0.050" in out[2]
+    out = findings.finetune_findings(dict(m, zero_shot={"base": 0.7, "fitted": 0.75}), lam=0.01)
+    assert "already convex" in out[1] and "raised" in out[2]
+    assert len(findings.finetune_findings(dict(m, zero_shot={"base": None, "fitted": None}), lam=0.1)) == 2
+
+
+def test_exercise_lam_shifts_every_eigenvalue():
+    h = np.diag([0.3, 1.0, 2.0])
+    out = findings.exercise_lam(0.1, h, 0.0)[0]
+    assert "0.3;" in out and "0.2," in out and "still a strict minimum" in out
+    assert "no longer" in findings.exercise_lam(0.5, h, 0.0)[0]
+
+
+def test_loo_findings_rank_and_role_gain():
+    stats = {"ecif": {"pearson": 0.9, "spearman": 0.95}, "newton": {"pearson": 0.9, "spearman": 0.97},
+             "positive": {"pearson": 0.8, "spearman": 0.85}, "negative": {"pearson": 0.1, "spearman": 0.2}}
+    out = findings.loo_findings(stats)
+    assert "rank 2 of 4" in out[0] and "Newton" in out[0]
+    assert "raises the Spearman by 0.100" in out[1]
+    stats["positive"]["spearman"] = 0.99
+    out = findings.loo_findings(stats)
+    assert "rank 3 of 4" in out[0] and "positive-only" in out[0]
+    assert "lowers the Spearman by 0.040" in out[1]
+
+
+def test_detect_findings_ranking_flips_with_inputs():
+    out = findings.detect_findings(_det(ecif=0.8, cosine=0.9, random=0.5, tracin=0.7), k=10, n=50)
+    assert out[0] == "ECIF ranks 2 of 4 methods by AUROC (0.800); the best is cosine (0.900)."
+    assert "finds 4 misaligned" in out[1] and "2.0x the base rate 0.200" in out[1]
+    assert "Cheaper filters beat it here (cosine)" in out[2]
+    out = findings.detect_findings(_det(ecif=0.95, cosine=0.9, random=0.5), k=10, n=50)
+    assert out[0].startswith("ECIF ranks 1 of 3") and "best is ecif" in out[0]
+    assert out[2].startswith("No cheap filter")
+
+
+def test_exercise_k_and_random():
+    mask = np.array([True, True, False, False, False, False])
+    scores = {"ecif": np.array([6.0, 1.0, 5.0, 2.0, 3.0, 0.0]), "cosine": np.array([6.0, 5.0, 1.0, 2.0, 3.0, 0.0])}
+    out = findings.exercise_k(scores, mask, 2)
+    assert "k = 2: precision 0.500, recall 0.500" in out[0] and "k = 4: precision 0.250, recall 0.500" in out[0]
+    assert "k = 2: precision 1.000, recall 1.000" in out[1] and "k = 4: precision 0.500, recall 1.000" in out[1]
+    assert "base rate 0.333" in findings.exercise_random(mask)[0]
+
+
+def _sweep():
+    return {"detection_sweep": {
+        "shuffle": {m: {"auroc_mean": a} for m, a in {"ecif": 0.9, "cosine": 0.95, "random": 0.5}.items()},
+        "systematic_swap": {m: {"auroc_mean": a} for m, a in {"ecif": 0.7, "cosine": 0.6, "random": 0.5}.items()}}}
+
+
+def test_sweep_findings_winner_rank_and_hardest_kind():
+    out = findings.sweep_findings(_sweep())
+    assert out[0] == "shuffle: the best by mean AUROC is cosine (0.950); ECIF ranks 2 of 3 (0.900)."
+    assert out[1].startswith("systematic_swap: the best by mean AUROC is ecif (0.700); ECIF ranks 1 of 3")
+    assert "hardest kind is systematic_swap (AUROC 0.700), the easiest shuffle (0.900)" in out[2]
+    M = {"detection_summary": _sweep()}
+    assert findings.exercise_hardest_kind(M) == ["systematic_swap: ecif AUROC 0.700", "shuffle: ecif AUROC 0.900"]
+
+
+def test_exercise_sweep_subset_changes_winner():
+    rows = []
+    for rate, aur in ((0.1, {"ecif": 0.9, "cosine": 0.8}), (0.3, {"ecif": 0.5, "cosine": 0.9})):
+        for seed in (0, 1):
+            for m, a in aur.items():
+                rows.append({"kind": "shuffle", "rate": rate, "seed": seed, "method": m, "auroc": a,
+                             "average_precision": a, "precision_at_k": a, "recall_at_k": a})
+    long = pd.DataFrame(rows)
+    assert findings.exercise_sweep_subset(long, rate=0.1) == [
+        "shuffle: winner by AUROC cosine (0.850) on the whole sweep, ecif (0.900) with rate = 0.1"]
+    assert findings.exercise_sweep_subset(long, exclude=["cosine"]) == [
+        "shuffle: winner by AUROC cosine (0.850) on the whole sweep, ecif (0.700) with cosine left out"]
+
+
+def _tab(col, values, spearman):
+    return pd.DataFrame([{col: v, "variant": "ecif", "spearman": s, "min_eigenvalue": 0.1 + v if col == "lam" else 0.1,
+                          "neg_to_pos": s / 4} for v, s in zip(values, spearman)])
+
+
+def test_ablation_findings_carrier_and_extremes():
+    roles = {"positive": {"spearman": 0.8}, "negative": {"spearman": 0.3}, "ecif": {"spearman": 0.83}}
+    out = findings.ablation_findings(roles, _tab("damping", [0.0, 0.1, 1.0], [0.99, 0.95, 0.8]),
+                                     _tab("lam", [0.03, 0.1], [0.7, 0.9]), _tab("batch_size", [32, 64], [0.9, 0.94]))
+    assert "the positive role carries" in out[0]
+    assert out[1] == "damping μ: ECIF's Spearman is highest at 0.0 (0.990) and lowest at 1.0 (0.800)."
+    assert "highest at 0.1 (0.900) and lowest at 0.03 (0.700)" in out[2]
+    assert "0.23 to 0.23" in out[4] or "0.23 to 0.24" in out[4]
+    roles["ecif"]["spearman"] = 0.99
+    out = findings.ablation_findings(roles, _tab("damping", [0.0, 0.1], [0.9, 0.9]), _tab("lam", [0.1], [1.0]),
+                                     _tab("batch_size", [32], [1.0]))
+    assert "together predict clearly better than either alone (+0.190 over the positive role)" in out[0]
+    assert out[1] == "damping μ: ECIF's Spearman is 0.900 at every value of the sweep (0.0, 0.1)."
+    roles["ecif"]["spearman"] = 0.88
+    roles["negative"]["spearman"] = 0.85
+    assert "the negative role carries" in findings.ablation_findings(roles, _tab("damping", [0.0], [1.0]),
+                                                                     _tab("lam", [0.1], [1.0]),
+                                                                     _tab("batch_size", [32], [1.0]))[0]
+    lines = findings.exercise_lam_curvature(_tab("lam", [0.03, 0.1], [0.7, 0.9]))
+    assert lines == ["lam = 0.03: smallest eigenvalue 0.1300, minus lam +0.1000",
+                     "lam = 0.1: smallest eigenvalue 0.2000, minus lam +0.1000"]
+
+
+def _cleaning(ecif_acc):
+    return {"cleaning": {"none": {"accuracy_mean": 0.8, "accuracy_std": 0.0, "misaligned_removed": 0.0},
+                         "random": {"accuracy_mean": 0.81, "accuracy_std": 0.01, "misaligned_removed": 2.0},
+                         "ecif": {"accuracy_mean": ecif_acc, "accuracy_std": 0.0, "misaligned_removed": 9.0},
+                         "cosine": {"accuracy_mean": 0.85, "accuracy_std": 0.0, "misaligned_removed": 8.0}},
+            "cleaning_n_removed": 10,
+            "editing": {"harmful_ecif": {"predicted_val_change": -0.3, "actual_val_change": -0.25,
+                                         "acc_edited": 0.84, "acc_retrained": 0.86}}}
+
+
+def test_cleaning_findings_best_method_and_random_band():
+    out = findings.cleaning_findings(_cleaning(0.9))
+    assert out[0].startswith("Removing 10 pairs: the best method is ecif (test accuracy 0.900, 9 misaligned")
+    assert "0.810 ± 0.010 for random" in out[0]
+    assert "+0.100 against no removal" in out[1]
+    assert "-0.300" in out[2] and "-0.250" in out[2]
+    assert "best method is cosine" in findings.cleaning_findings(_cleaning(0.82))[0]
+    assert "above two" in findings.exercise_cleaning_vs_random({"cleaning": _cleaning(0.9)})[0]
+    assert "within two" in findings.exercise_cleaning_vs_random({"cleaning": _cleaning(0.82)})[0]
+    assert "below two" in findings.exercise_cleaning_vs_random({"cleaning": _cleaning(0.7)})[0]
+
+
+def test_exercise_fraction_counts_misaligned_in_top():
+    mask = np.array([True, False, True, False, False, False, False, False, False, False])
+    scores = pd.DataFrame({"ecif": np.arange(10.0)[::-1], "cosine": np.arange(10.0)})
+    out = findings.exercise_fraction(scores, mask, 0.2)
+    assert out == ["ecif     top 2 (20%): 1 of the 2 misaligned pairs", "cosine   top 2 (20%): 0 of the 2 misaligned pairs"]
+
+
+def _traceback(random_gain):
+    return {"traceback": {"ris_k5": {"fix_rate": 0.5, "improve_rate": 1.0, "margin_gain": 0.4, "misaligned_removed": 1.0},
+                          "ris_k10": {"fix_rate": 1.0, "improve_rate": 1.0, "margin_gain": 0.8, "misaligned_removed": 2.0},
+                          "random_k10": {"fix_rate": 0.0, "improve_rate": 0.5, "margin_gain": random_gain,
+                                         "misaligned_removed": 2.0}},
+            "test_mispredicted": 12, "traceback_items": 4, "gallery_misaligned_share": 0.25}
+
+
+def test_traceback_findings_uses_largest_k_and_random():
+    out = findings.traceback_findings(_traceback(0.1))
+    assert out[0] == "12 test items are mispredicted; 4 were traced."
+    assert "top 10 culprits by RIS" in out[1] and "fixes 100.0 %" in out[1] and "(8x the margin gain)" in out[1]
+    assert "x the margin gain" not in findings.traceback_findings(_traceback(-0.1))[1]
+    rates = pd.DataFrame({"method": ["is", "ris"], "k": [5, 5], "misaligned_removed": [3.0, 1.0]}).set_index(["method", "k"])
+    assert findings.exercise_traceback_misaligned(rates) == ["is     k = 5: 3.00 misaligned among the removed",
+                                                            "ris    k = 5: 1.00 misaligned among the removed"]
+
+
+def test_summary_findings_one_line_per_stage():
+    M = {"ablation": {"ablation_roles": {"ecif": {"spearman": 0.9}, "positive": {"spearman": 0.8},
+                                         "negative": {"spearman": 0.1}}},
+         "detection_summary": {"detection_winner": {"shuffle": {"auroc": "cosine", "ecif_rank_auroc": 3}}},
+         "cleaning": _cleaning(0.9), "traceback": _traceback(0.1)}
+    out = findings.summary_findings(M)
+    assert len(out) == 4
+    assert "ECIF 0.900, positive-only 0.800, negative-only 0.100" in out[0]
+    assert out[1] == "Detection winners by AUROC: shuffle cosine (ECIF rank 3)."
+    assert "best method is ecif" in out[2] and "by RIS" in out[3]
+
+
+def test_exercise_clean_only_splits_pairs():
+    table = pd.DataFrame({"misaligned": [True, True, True, False, False, False],
+                          "actual": [-3.0, -2.0, -1.0, 0.1, 0.2, 0.3],
+                          "ecif": [-3.0, -2.0, -1.0, 0.3, 0.2, 0.1]})
+    out = findings.exercise_clean_only(table)
+    assert "Spearman 0.771" in out[0]
+    assert "Spearman -1.000" in out[1] and out[1].startswith("clean")
+    assert "Spearman 1.000" in out[2]
+
+
+def test_show_prints_each_line(capsys):
+    findings.show(["a", "b"])
+    assert capsys.readouterr().out == "a\nb\n"
