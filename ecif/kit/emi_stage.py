@@ -139,6 +139,26 @@ def misalignment_experiment(ds, emb, q, data_root: str, encoder_dir: str, kinds,
 SEED_STATS = ("mean", "std", "min", "max")
 
 
+#: the experiment-B columns the notebook shows (each with its seed statistics)
+SHOWN = ("emi", "accuracy", "precision_ecif", "emi_after_ecif", "emi_after_random", "emi_after_oracle")
+
+
+def summary_view(summary: pd.DataFrame) -> pd.DataFrame:
+    """The shown part of :func:`seed_summary`: ``n_seeds`` and the seed statistics of :data:`SHOWN`,
+    indexed by (kind, rate)."""
+    cols = ["n_seeds"] + [f"{c}_{s}" for c in SHOWN for s in SEED_STATS if f"{c}_{s}" in summary]
+    return summary.set_index(["kind", "rate"])[cols]
+
+
+def colour_relabelling(emb, ds, ridge: float, q) -> dict:
+    """The consistent red<->blue relabelling of the test split's colour attribute
+    (:func:`ecif.experiments.emi_study.relabelling_check`): a rule MI cannot see."""
+    test = S.encode_set(emb, ds["test"])
+    colors = ds.spec.values["color"]
+    swap = {colors.index("red"): colors.index("blue"), colors.index("blue"): colors.index("red")}
+    return S.relabelling_check(emb, test, "color", swap, ds.spec, {"ridge": ridge, "folds": 2}, q)
+
+
 def seed_summary(table: pd.DataFrame, keys=("kind", "rate"), seed_column: str = "noise_seed") -> pd.DataFrame:
     """Per ``keys`` cell of a per-seed table: ``n_seeds`` and, for every other numeric column
     ``c``, ``c_mean``, ``c_std`` (sample std across seeds, ddof 1; 0 for a single seed),

@@ -91,6 +91,16 @@ def test_seed_summary_known_answers() -> None:
     assert one.loc[("shuffle", 0.2), "emi_std"] == 0.0 and one.loc[("shuffle", 0.2), "n_seeds"] == 1
 
 
+def test_summary_view_shows_the_seed_statistics_of_the_shown_columns() -> None:
+    from ecif.kit import emi_stage
+
+    view = emi_stage.summary_view(emi_stage.seed_summary(_models()))
+    assert list(view.index.names) == ["kind", "rate"]
+    assert view.columns[0] == "n_seeds" and "emi_std" in view and "precision_ecif_mean" in view
+    assert not any(c.startswith("noise_seed") for c in view)  # only the shown measurements
+    assert view.loc[("shuffle", 0.2), "emi_mean"] == pytest.approx(-8.0)
+
+
 def _corr():
     import pandas as pd
 
