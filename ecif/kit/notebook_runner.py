@@ -108,6 +108,17 @@ def apply_override(params: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+def _command_hint(stage: str, dvc_file: str | Path = "dvc.yaml") -> str:
+    """'; dvc.yaml runs this stage as: <cmd>' when dvc.yaml names the stage (its --group
+    options say which parameter groups it reads), else ''."""
+    try:
+        stages = yaml.safe_load(Path(dvc_file).read_text()).get("stages", {})
+    except (OSError, yaml.YAMLError, AttributeError):
+        return ""
+    cmd = (stages.get(stage) or {}).get("cmd") if isinstance(stages, dict) else None
+    return f"; dvc.yaml runs this stage as: {' '.join(str(cmd).split())}" if cmd else ""
+
+
 def stage_parameters(
     all_params: dict[str, Any], stage: str, groups: list[str] | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -122,7 +133,7 @@ def stage_parameters(
         if group not in all_params:
             raise StageError(
                 f"no group {group!r} in the parameters file (top-level keys: "
-                f"{', '.join(sorted(map(str, all_params))) or 'none'})"
+                f"{', '.join(sorted(map(str, all_params))) or 'none'}){_command_hint(stage)}"
             )
         value = all_params[group]
         if value is None:

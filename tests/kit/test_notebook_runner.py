@@ -236,3 +236,16 @@ def test_stream_outputs_are_merged_whatever_the_flush_timing() -> None:
     nr.strip_volatile(b, "in.ipynb", "out.ipynb")
     assert a.cells[0].outputs == b.cells[0].outputs  # (cell ids are random here)
     assert [o["output_type"] for o in a.cells[0].outputs] == ["stream", "stream", "execute_result"]
+
+
+def test_missing_group_names_the_stage_command_of_dvc_yaml(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  inject:\n    cmd: python -m ecif.kit.notebook_runner inject --group noise\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(nr.StageError) as err:
+        nr.stage_parameters({"noise": {"rate": 0.2}, "common": {}}, "inject")
+    assert "no group 'inject'" in str(err.value)
+    assert "dvc.yaml runs this stage as: python -m ecif.kit.notebook_runner inject --group noise" in str(err.value)
+    with pytest.raises(nr.StageError) as err:  # a stage dvc.yaml does not name: no hint, still the error
+        nr.stage_parameters({"noise": {}}, "nosuchstage")
+    assert "dvc.yaml runs" not in str(err.value)
