@@ -54,6 +54,7 @@ import argparse
 import ast
 import copy
 import os
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -117,6 +118,37 @@ def _command_hint(stage: str, dvc_file: str | Path = "dvc.yaml") -> str:
         return ""
     cmd = (stages.get(stage) or {}).get("cmd") if isinstance(stages, dict) else None
     return f"; dvc.yaml runs this stage as: {' '.join(str(cmd).split())}" if cmd else ""
+
+
+def matrix_position(stage: str, parameters: dict[str, Any], all_params: dict[str, Any],
+                    dvc_file: str | Path = "dvc.yaml") -> tuple[int, int] | None:
+    """``(i, n)``: this run is cell ``i`` of the ``n`` cells of a ``matrix`` stage of dvc.yaml.
+
+    The axes' values come from ``${group.key}`` lists of the parameters file; the notebook
+    parameter each axis sets is read from the stage command's ``--override <name>=${item.<axis>}``.
+    ``None`` for a plain stage or when the cell cannot be placed.
+    """
+    try:
+        spec = yaml.safe_load(Path(dvc_file).read_text())["stages"][stage]
+        axes = spec["matrix"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    values, names = [], []
+    for axis, vals in axes.items():
+        if isinstance(vals, str) and vals.startswith("${"):
+            node: Any = all_params
+            for part in vals[2:-1].split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            vals = node
+        name = next((w.split("=", 1)[0] for w in str(spec.get("cmd", "")).split()
+                     if w.endswith(f"=${{item.{axis}}}")), axis)
+        if not isinstance(vals, list) or name not in parameters:
+            return None
+        values.append(vals)
+        names.append(name)
+    cells = list(itertools.product(*values))
+    here = tuple(parameters[name] for name in names)
+    return (cells.index(here) + 1, len(cells)) if here in cells else None
 
 
 def stage_parameters(
@@ -445,9 +477,10 @@ def run_stage(
     failed = executed.with_name(f"{executed.stem}.failed.ipynb")
     kernel_name = kernel or pick_kernel()
     shown = ", ".join(f"{k}={v!r}" for k, v in parameters.items()) or "none"
+    cell = matrix_position(stage, parameters, all_params, root / "dvc.yaml")
     print(
-        f"[notebook_runner] stage {stage}: {_short(nb_path, root)} -> {_short(executed, root)}"
-        f" (kernel {kernel_name}; parameters: {shown})",
+        f"[notebook_runner] stage {stage}" + (f" (cell {cell[0]} of {cell[1]})" if cell else "")
+        + f": {_short(nb_path, root)} -> {_short(executed, root)} (kernel {kernel_name}; parameters: {shown})",
         flush=True,
     )
     start = time.perf_counter()

@@ -249,3 +249,17 @@ def test_missing_group_names_the_stage_command_of_dvc_yaml(tmp_path: Path, monke
     with pytest.raises(nr.StageError) as err:  # a stage dvc.yaml does not name: no hint, still the error
         nr.stage_parameters({"noise": {}}, "nosuchstage")
     assert "dvc.yaml runs" not in str(err.value)
+
+
+def test_matrix_cells_are_numbered(tmp_path: Path) -> None:
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  cell:\n    matrix:\n      kind: ${grid.kinds}\n      seed: ${grid.seeds}\n"
+        "    cmd: python -m ecif.kit.notebook_runner cell --override kind=${item.kind}"
+        " --override noise_seed=${item.seed}\n  plain:\n    cmd: echo\n")
+    params = {"grid": {"kinds": ["shuffle", "swap"], "seeds": [0, 1, 2]}}
+    dvc = tmp_path / "dvc.yaml"
+    assert nr.matrix_position("cell", {"kind": "shuffle", "noise_seed": 0}, params, dvc) == (1, 6)
+    assert nr.matrix_position("cell", {"kind": "swap", "noise_seed": 1}, params, dvc) == (5, 6)
+    assert nr.matrix_position("cell", {"kind": "swap", "noise_seed": 7}, params, dvc) is None  # not a cell
+    assert nr.matrix_position("plain", {}, params, dvc) is None
+    assert nr.matrix_position("cell", {"kind": "swap", "noise_seed": 1}, params, tmp_path / "none.yaml") is None
