@@ -198,3 +198,29 @@ def trace_gallery(test_images, test_titles, train_images, captions, table, mask=
                          color="tab:red" if bad else "black")
     fig.tight_layout()
     return fig
+
+
+def cleaning_curve(summary, title: str = "Test zero-shot accuracy against the share of train pairs removed"):
+    """The removal-fraction curve: one line (one colour) per method of the long DataFrame
+    ``summary`` (:func:`ecif.kit.reports.curve_summary`: ``fraction``, ``method``,
+    ``accuracy_mean``, ``accuracy_std``); ``random`` shaded +- its std over seeds, the references
+    ``none`` and ``oracle`` dashed."""
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(summary["method"]))
+    colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(methods), 2)))
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    for color, m in zip(colors, methods):
+        d = summary[summary["method"] == m].sort_values("fraction")
+        style = {"ls": "--", "lw": 1.4} if m in ("none", "oracle") else {"lw": 2.2 if m == "ecif" else 1.2}
+        ax.plot(100 * d["fraction"], d["accuracy_mean"], marker="o", ms=3, color=color, label=m, **style)
+        if m == "random":
+            ax.fill_between(100 * d["fraction"], d["accuracy_mean"] - d["accuracy_std"],
+                            d["accuracy_mean"] + d["accuracy_std"], color=color, alpha=0.15, lw=0)
+    ax.set_xlabel("train pairs removed (%)")
+    ax.set_ylabel("test zero-shot accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return fig
