@@ -22,7 +22,7 @@ import torch
 from ecif.core.fit import fit
 from ecif.experiments.retraining import retrain
 
-__all__ = ["cleaning_curve", "cleaning_table", "oracle_removal", "separation", "top_fraction"]
+__all__ = ["cleaning_curve", "cleaning_table", "oracle_removal", "separation", "table_separation", "top_fraction"]
 
 
 def top_fraction(scores, fraction: float) -> np.ndarray:
@@ -64,6 +64,15 @@ def separation(acc_none: float, acc_oracle: float, random_accs, n_std: float = 2
         why = "fewer than two random seeds" if not np.isfinite(std) else f"{n_std:g} x std = {n_std * std:.4f}"
         statement = f"gap within noise: methods are not ranked (oracle gap {gap:+.4f}, {why})"
     return {"gap": gap, "random_std": std, "separable": separable, "statement": statement}
+
+
+def table_separation(clean: pd.DataFrame, n_std: float = 2.0) -> dict:
+    """:func:`separation` of a :func:`cleaning_table`: ``none``'s accuracy, the ``oracle``'s
+    (NaN without one, which never separates) and the ``random`` rows' accuracies."""
+    acc = clean.groupby("method")["accuracy"]
+    oracle = float(acc.mean()["oracle"]) if "oracle" in acc.groups else float("nan")
+    randoms = clean.loc[clean["method"] == "random", "accuracy"].to_numpy()
+    return separation(float(acc.mean()["none"]), oracle, randoms, n_std=n_std)
 
 
 def _run(objective, theta_hat, runs, evaluation, mask, init, gtol, preconditioner) -> list[dict]:
