@@ -331,7 +331,9 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "n_misaligned": Int("how many of them are misaligned", 4, ge=0),
     },
     "cleaning": {
-        "fraction": Num("share of train pairs removed", 0.1, gt=0, lt=1),
+        "fraction": Num("share of train pairs removed (Table 1 and the edit sets)", 0.1, gt=0, lt=1),
+        "fractions": ListOf("shares removed for the removal-fraction curve",
+                            Num("fraction", 0.1, gt=0, lt=1), [0.05, 0.1, 0.2], unique=True),
         "random_seeds": ListOf("seeds of the random deletions", Int("seed", 0, **SEED), [0, 1, 2], unique=True),
     },
     "traceback": {

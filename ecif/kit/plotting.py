@@ -25,6 +25,7 @@ METHOD_COLOURS = {
     "random": "#7f7f7f",         # grey: the chance line (dotted)
     "oracle": "#000000",         # black: the misaligned pairs themselves
     "none": "#bdbdbd",           # light grey: nothing removed
+    "clean": "#98df8a",          # light green: fitted on the true captions
 }
 
 #: The four influence variants (one solve): a view of :data:`METHOD_COLOURS`.
@@ -240,5 +241,50 @@ def trace_gallery(test_images, test_titles, train_images, captions, table, mask=
             ax.set_title(textwrap.fill(("[misaligned] " if bad else "") + captions[k], width), fontsize=7,
                          color="tab:red" if bad else "black")
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def cleaning_curve(summary, title: str = "Test zero-shot accuracy against the share of train pairs removed"):
+    """The removal-fraction curve: one line (one colour) per method of the long DataFrame
+    ``summary`` (:func:`ecif.kit.reports.curve_summary`: ``fraction``, ``method``,
+    ``accuracy_mean``, ``accuracy_std``); ``random`` shaded +- its std over seeds, the references
+    ``none`` and ``oracle`` dashed."""
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(summary["method"]))
+    colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(len(methods), 2)))
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    for color, m in zip(colors, methods):
+        d = summary[summary["method"] == m].sort_values("fraction")
+        style = {"ls": "--", "lw": 1.4} if m in ("none", "oracle") else {"lw": 2.2 if m == "ecif" else 1.2}
+        ax.plot(100 * d["fraction"], d["accuracy_mean"], marker="o", ms=3, color=color, label=m, **style)
+        if m == "random":
+            ax.fill_between(100 * d["fraction"], d["accuracy_mean"] - d["accuracy_std"],
+                            d["accuracy_mean"] + d["accuracy_std"], color=color, alpha=0.15, lw=0)
+    ax.set_xlabel("train pairs removed (%)")
+    ax.set_ylabel("test zero-shot accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+def cleaning_bars(summary, fraction: float):
+    """Table 1 as bars: mean test zero-shot accuracy per method (``summary``:
+    :func:`ecif.kit.reports.cleaning_summary`), error bars the std over seeds; each method and
+    reference row (``none``, ``random``, ``clean``, ``oracle``) in its colour of :data:`METHOD_COLOURS`."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    means, stds = summary[("accuracy", "mean")], summary[("accuracy", "std")].fillna(0.0)
+    ax.bar(means.index, means.values, yerr=stds.values,
+           color=[method_colour(m) for m in means.index])
+    ax.set_ylim(max(0.0, means.min() - 0.05), min(1.0, means.max() + 0.03))
+    ax.set_xlabel("pairs removed by (none: the fine-tuned model as is)")
+    ax.set_ylabel("test zero-shot accuracy")
+    ax.set_title(f"Test accuracy after removing {fraction:.0%} of the train pairs and retraining")
+    ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     return fig

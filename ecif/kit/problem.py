@@ -73,6 +73,16 @@ class Problem:
     test_set: ZeroShotSet | None
     config: dict = field(default_factory=dict)
     centring: tuple[np.ndarray, np.ndarray] | None = None
+    y_train_clean: torch.Tensor | None = None
+
+    def clean_objective(self):
+        """``L`` on the same train pairs (batching, ``lam``) with their true captions: the
+        features' ``y_train_clean`` (centred like the rest); ``None`` when the features hold no
+        clean captions (no corruption was applied)."""
+        if self.y_train_clean is None:
+            return None
+        o = self.objective
+        return ContrastiveObjective(self.param, o._x, self.y_train_clean, self.batching, lam=o.lam)
 
     def centre_features(self, x=None, y=None):
         """Image features ``x`` and text features ``y`` (either may be ``None``) mapped as this
@@ -150,9 +160,11 @@ def build_problem(
         for key in [k for k in feats if k.startswith("y_")] + (["class_text"] if "class_text" in feats else []):
             feats[key] = np.asarray(feats[key], dtype=np.float64) - mu_txt
     x, y = feats["x_train"], feats["y_train"]
+    y_clean = feats.get("y_train_clean")
     mask = np.asarray(feats.get("noise_mask", np.zeros(len(x), dtype=bool)), dtype=bool)
     if n_train is not None:
         x, y, mask = x[:n_train], y[:n_train], mask[:n_train]
+        y_clean = None if y_clean is None else y_clean[:n_train]
     n = len(x)
     param = LoRAHeads(
         as_tensor(feats["W_img"], device),
@@ -184,7 +196,8 @@ def build_problem(
         "device": device,
     }
     return Problem(param=param, objective=objective, val=val, batching=bp, mask=mask, test_set=test_set,
-                   config=config, centring=centring)
+                   config=config, centring=centring,
+                   y_train_clean=None if y_clean is None else as_tensor(y_clean, device))
 
 
 def save_fit(

@@ -35,6 +35,9 @@ __all__ = [
     "sensitivity_metrics",
     "sweep_table",
     "cleaning_summary",
+    "curve_summary",
+    "fraction_key",
+    "runtime_table",
     "cleaning_metrics",
     "editing_summary",
     "traceback_rates",
@@ -263,20 +266,41 @@ def cleaning_summary(clean: pd.DataFrame) -> pd.DataFrame:
     return clean.groupby("method", sort=False)[["accuracy", "n_misaligned_removed"]].agg(["mean", "std"])
 
 
+def fraction_key(fraction: float) -> str:
+    """``"frac_10pct"`` for a removal fraction of 0.1 (a dot-free metric key)."""
+    return f"frac_{round(100 * fraction)}pct"
+
+
+def curve_summary(curve: pd.DataFrame) -> pd.DataFrame:
+    """The removal-fraction curve (:func:`ecif.experiments.cleaning.cleaning_curve`) per
+    (fraction, method): ``accuracy_mean``, ``accuracy_std`` (over the random seeds; 0 for one
+    run), ``n_removed`` and ``n_misaligned_removed`` (means); no timings."""
+    g = curve.groupby(["fraction", "method"], sort=False)
+    out = pd.DataFrame({"accuracy_mean": g["accuracy"].mean(), "accuracy_std": g["accuracy"].std().fillna(0.0),
+                        "n_removed": g["n_removed"].mean(), "n_misaligned_removed": g["n_misaligned_removed"].mean()})
+    return out.reset_index()
+
+
 #: The editing table's columns averaged per (set kind, variant); no timings (see split_timings).
+#: The cold-retraining columns only when the table has them (``edit_vs_retrain(cold=True)``).
 EDIT_COLUMNS = ("acc_edited", "acc_retrained", "predicted_val_change", "edited_val_change",
-                "actual_val_change", "shift_rel_error")
+                "actual_val_change", "shift_rel_error", "acc_cold_retrained", "cold_warm_distance")
 
 
 def editing_summary(edit: pd.DataFrame) -> pd.DataFrame:
     """Means per (set kind, variant): ``random_3`` and ``random_4`` pool as ``random``."""
     kind = edit["set"].str.replace(r"_\d+$", "", regex=True)
-    return edit.assign(kind=kind).groupby(["kind", "variant"], sort=False)[list(EDIT_COLUMNS)].mean()
+    cols = [c for c in EDIT_COLUMNS if c in edit.columns]
+    return edit.assign(kind=kind).groupby(["kind", "variant"], sort=False)[cols].mean()
 
 
-def cleaning_metrics(summary: pd.DataFrame, edit_summary: pd.DataFrame, n_removed: int) -> dict:
-    """The cleaning stage's metrics file (without timings)."""
-    return {
+def cleaning_metrics(summary: pd.DataFrame, edit_summary: pd.DataFrame, n_removed: int,
+                     separation: dict | None = None, curve: pd.DataFrame | None = None) -> dict:
+    """The cleaning stage's metrics file (without timings). ``separation``
+    (:func:`ecif.experiments.cleaning.separation`) adds ``cleaning.gap``, ``cleaning.random_std``
+    and ``cleaning.separable``; ``curve`` (:func:`curve_summary`) adds
+    ``cleaning_curve.<frac_Npct>.<method>`` = the mean accuracy."""
+    out = {
         "cleaning": {m: {"accuracy_mean": float(summary.loc[m, ("accuracy", "mean")]),
                          "accuracy_std": float(np.nan_to_num(summary.loc[m, ("accuracy", "std")])),
                          "misaligned_removed": float(summary.loc[m, ("n_misaligned_removed", "mean")])}
@@ -284,6 +308,27 @@ def cleaning_metrics(summary: pd.DataFrame, edit_summary: pd.DataFrame, n_remove
         "cleaning_n_removed": int(n_removed),
         "editing": {f"{k}_{v}": {c: float(x) for c, x in row.items()} for (k, v), row in edit_summary.iterrows()},
     }
+    if separation is not None:
+        out["cleaning"].update({"gap": float(separation["gap"]), "random_std": _nan_to_zero(separation["random_std"]),
+                                "separable": bool(separation["separable"])})
+    if curve is not None:
+        out["cleaning_curve"] = {fraction_key(f): {str(r.method): float(r.accuracy_mean) for r in grp.itertuples()}
+                                 for f, grp in curve.groupby("fraction", sort=True)}
+    return out
+
+
+def runtime_table(time_group: dict) -> pd.DataFrame:
+    """The paper's runtime table (Table 2) from a cleaning metrics file's ``time`` group: per edit
+    variant the median wall time of the ECIF edit, of the warm retraining (from ``theta_hat``)
+    and of the cold retraining (from ``theta0``, when measured), and the shared one-off Hessian
+    factorisation, in seconds."""
+    rows = {}
+    for variant, t in time_group.get("editing", {}).items():
+        rows[variant] = {"edit_median_s": t.get("edit_median_s", np.nan),
+                         "warm_retrain_median_s": t.get("retrain_median_s", np.nan),
+                         "cold_retrain_median_s": t.get("cold_retrain_median_s", np.nan),
+                         "hessian_factorise_s": time_group.get("hessian_factorise_s", np.nan)}
+    return pd.DataFrame(rows).T
 
 
 # -------------------------------------------------------------------------- trace-back
@@ -335,7 +380,11 @@ def summary_sections(metrics: dict) -> dict[str, pd.DataFrame]:
                              **{key: vals["ecif"][key] for key in ("is_spearman_vs_first", "loo_spearman_vs_first",
                                                                    "neg_to_pos") if key in vals["ecif"]}}
         out[f"Sensitivity to {title}"] = pd.DataFrame(rows).T
-    out["Table 1: cleaning"] = pd.DataFrame(metrics["cleaning"]["cleaning"]).T
+    out["Table 1: cleaning"] = pd.DataFrame({m: v for m, v in metrics["cleaning"]["cleaning"].items()
+                                             if isinstance(v, dict)}).T
+    scalars = {k: v for k, v in metrics["cleaning"]["cleaning"].items() if not isinstance(v, dict)}
+    if scalars:  # cleaning.gap, random_std, separable (issue 13)
+        out["Table 1: oracle gap against the random deletions' spread"] = pd.DataFrame([scalars], index=["cleaning"])
     out["Table 2: edited vs retrained"] = pd.DataFrame(metrics["cleaning"]["editing"]).T
     out["Trace-back: fix rate"] = pd.DataFrame(metrics["traceback"]["traceback"]).T
     return out

@@ -30,3 +30,19 @@ def test_edit_vs_retrain(tp, test_set):
     np.testing.assert_allclose(t.edited_val_change, t.actual_val_change, rtol=0.5, atol=0.02)
     with pytest.raises(ValueError, match="size"):
         removal_sets(harm, 0)
+
+
+def test_edit_vs_retrain_cold(tp, test_set):
+    harm = -tp.engine.influence_scores(tp.val_grad, variants=("ecif",))["ecif"].numpy()
+    sets = removal_sets(harm, 15, seeds=(0,))
+    t = edit_vs_retrain(tp.engine, sets, tp.val_obj, test_set, preconditioner=tp.engine.solver, cold=True)
+    for c in ("acc_cold_retrained", "cold_warm_distance", "cold_retrain_grad_norm", "cold_retrain_converged",
+              "cold_retrain_s"):
+        assert c in t.columns, c
+    assert t.cold_retrain_converged.all() and (t.cold_retrain_s > 0).all()
+    # lam > 0, convex enough here: the cold fit from theta0 reaches the warm optimum
+    assert (t.cold_warm_distance < 1e-5).all()
+    np.testing.assert_allclose(t.acc_cold_retrained, t.acc_retrained)
+    warm_only = edit_vs_retrain(tp.engine, {"harmful": sets["harmful"]}, tp.val_obj, test_set,
+                                preconditioner=tp.engine.solver)
+    assert not [c for c in warm_only.columns if c.startswith("cold") or "cold" in c]

@@ -160,6 +160,21 @@ def test_cleaning_findings_best_method_and_random_band():
     assert "below two" in findings.exercise_cleaning_vs_random({"cleaning": _cleaning(0.7)})[0]
 
 
+def test_cleaning_findings_reference_rows_and_no_ranking_within_noise():
+    m = _cleaning(0.9)
+    m["cleaning"].update({"oracle": {"accuracy_mean": 0.95, "accuracy_std": 0.0, "misaligned_removed": 10.0},
+                          "clean": {"accuracy_mean": 0.97, "accuracy_std": 0.0, "misaligned_removed": 0.0},
+                          "gap": 0.15, "random_std": 0.01, "separable": True})
+    out = findings.cleaning_findings(m)
+    assert out[0] == ("No removal gives test accuracy 0.800; removing exactly the injected pairs (oracle) gives "
+                      "0.950, fitting on the true captions 0.970.")
+    assert "the best method is ecif" in out[1]  # the reference rows are never "the best method"
+    m["cleaning"].update({"gap": 0.005, "separable": False})
+    out = findings.cleaning_findings(m)
+    assert "cannot rank the methods" in out[1] and "+0.0050" in out[1]
+    assert not any("best method" in line for line in out)
+
+
 def test_exercise_fraction_counts_misaligned_in_top():
     mask = np.array([True, False, True, False, False, False, False, False, False, False])
     scores = pd.DataFrame({"ecif": np.arange(10.0)[::-1], "cosine": np.arange(10.0)})

@@ -71,6 +71,8 @@ def test_typo_in_a_group_name(good: dict) -> None:
         ("detection_grid", "seeds", 0, "has the wrong type (int, not a list)"),
         ("ablation", "batch_sizes", [64, None, 1], "has an invalid item 2 (1: is out of range)"),
         ("cleaning", "fraction", 1.0, "cleaning.fraction = 1.0 is out of range"),
+        ("cleaning", "fractions", [0.1, 1.5], "has an invalid item 1 (1.5: is out of range)"),
+        ("cleaning", "fractions", [0.1, 0.1], "repeats 0.1"),
         ("traceback", "ks", [0], "has an invalid item 0 (0: is out of range)"),
         ("detection_cell", "dataset", "digits", "must be one of shapes"),
     ],

@@ -12,6 +12,7 @@ import math
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 pytest.importorskip("papermill")
@@ -181,6 +182,21 @@ def test_cleaning_and_editing_metrics(smoke_run: Path) -> None:
     for method in ("none", "random", "ecif", "cosine", "self_ecif"):  # self_ecif: from the detect stage
         assert 0.0 <= m[f"cleaning.{method}.accuracy_mean"] <= 1.0
     assert m["cleaning.none.misaligned_removed"] == 0
+    # the reference rows (issue 13): fitted on the clean captions, and the oracle deletion
+    for method in ("clean", "oracle"):
+        assert 0.0 <= m[f"cleaning.{method}.accuracy_mean"] <= 1.0, method
+    assert m["cleaning.oracle.misaligned_removed"] > 0
+    assert m["cleaning.gap"] == pytest.approx(m["cleaning.oracle.accuracy_mean"] - m["cleaning.none.accuracy_mean"])
+    assert m["cleaning.random_std"] >= 0 and isinstance(m["cleaning.separable"], bool)
+    curve = pd.read_csv(smoke_run / "plots" / "cleaning_curve.csv")
+    assert sorted(curve.fraction.unique()) == [0.05, 0.2]
+    assert {"none", "random", "oracle", "ecif", "cosine"} <= set(curve.method)
+    assert (smoke_run / "reports" / "figures" / "08_cleaning_curve.png").stat().st_size > 0
+    for frac in ("frac_5pct", "frac_20pct"):
+        assert 0.0 <= m[f"cleaning_curve.{frac}.oracle"] <= 1.0
+    # cold retraining (from theta0) next to the warm one; its wall time only under "time"
+    assert 0.0 <= m["editing.harmful_ecif.acc_cold_retrained"] <= 1.0
+    assert m["time.editing.ecif.cold_retrain_median_s"] > 0
     for kind in ("harmful", "valuable", "random"):
         for variant in ("ecif", "newton"):
             for key in ("predicted_val_change", "edited_val_change", "actual_val_change", "shift_rel_error"):
@@ -204,3 +220,4 @@ def test_traceback_and_summary(smoke_run: Path) -> None:
     summary = (smoke_run / "reports" / "tables" / "summary.md").read_text()
     for title in ("Table 1: cleaning", "Table 2: edited vs retrained", "Winner per misalignment kind"):
         assert title in summary
+    assert "| oracle" in summary and "| clean" in summary and "acc_cold_retrained" in summary

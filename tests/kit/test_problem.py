@@ -9,7 +9,7 @@ from ecif.core.fit import ConvergenceWarning, fit, offset_ratio
 from ecif.core.influence import ECIF
 from core_problems import pearson
 
-from ecif.data.features import save_features
+from ecif.data.features import load_features, save_features
 from ecif.data.synthetic import synthetic_pairs
 from ecif.experiments.retraining import loo_val_changes
 from ecif.experiments.zeroshot import ZeroShotSet
@@ -276,3 +276,18 @@ def test_influence_after_centring_agrees_with_retraining(tmp_path):
     # one Newton step with the full-data Hessian: close, not equal, at n = 120
     assert pearson(predicted, actual) >= 0.95
     np.testing.assert_allclose(predicted, actual, rtol=0.5, atol=0.1 * np.abs(actual).max())
+
+
+def test_clean_objective_uses_the_true_captions(tmp_path):
+    d, _ = _features(tmp_path / "none")
+    assert build_problem(tmp_path / "none", rank=1, lam=0.3, batch_size=16, seed=1).clean_objective() is None
+    feats = load_features(tmp_path / "none")
+    y_clean = feats["y_train"][::-1].copy()  # any other captions of the same pairs
+    save_features(tmp_path / "clean", {**feats, "y_train_clean": y_clean})
+    p = build_problem(tmp_path / "clean", rank=1, lam=0.3, batch_size=16, seed=1, n_train=50)
+    c = p.clean_objective()
+    assert c.n == 50 and c.lam == p.objective.lam and c.batching is p.batching
+    torch.testing.assert_close(c._x, p.objective._x)
+    torch.testing.assert_close(c._y, as_tensor(y_clean[:50]))
+    theta = p.param.theta0
+    assert float(c.loss(theta)) != float(p.objective.loss(theta))

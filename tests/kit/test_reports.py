@@ -214,3 +214,43 @@ def test_emi_sections_from_a_hand_made_metrics_dict() -> None:
     assert b.loc[("shuffle", 10), "emi"] == "3.8 ± 0.0" and b.loc[("shuffle", 10), "n_seeds"] == 1
     md = R.summary_markdown(sections)
     assert "## EMI A:" in md and "## EMI B:" in md and "-30.4 ± 2.5" in md
+
+
+def test_cleaning_reference_rows_separation_and_curve_metrics() -> None:
+    clean = pd.DataFrame({"method": ["none", "random", "random", "oracle", "clean"],
+                          "accuracy": [0.80, 0.80, 0.82, 0.90, 0.95], "n_misaligned_removed": [0, 1, 2, 5, 0]})
+    sep = {"gap": 0.1, "random_std": float("nan"), "separable": False, "statement": "gap within noise: ..."}
+    curve = pd.DataFrame({"fraction": [0.05, 0.05, 0.05, 0.05, 0.2, 0.2, 0.2, 0.2],
+                          "method": ["none", "random", "random", "oracle"] * 2,
+                          "accuracy": [0.8, 0.7, 0.9, 0.85, 0.8, 0.6, 0.8, 0.95],
+                          "n_removed": [0, 2, 2, 2, 0, 8, 8, 5], "n_misaligned_removed": [0, 1, 0, 2, 0, 2, 1, 5]})
+    cs = R.curve_summary(curve)
+    assert list(cs.columns) == ["fraction", "method", "accuracy_mean", "accuracy_std", "n_removed",
+                                "n_misaligned_removed"]
+    r = cs.set_index(["fraction", "method"])
+    assert r.loc[(0.2, "random"), "accuracy_mean"] == pytest.approx(0.7)
+    assert r.loc[(0.2, "random"), "accuracy_std"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
+    assert r.loc[(0.2, "oracle"), "accuracy_std"] == 0.0 and r.loc[(0.2, "random"), "n_misaligned_removed"] == 1.5
+    edit = pd.DataFrame({"set": ["harmful"], "variant": ["ecif"], "acc_edited": [0.9], "acc_retrained": [0.9],
+                         "acc_cold_retrained": [0.8]})
+    m = R.cleaning_metrics(R.cleaning_summary(clean), R.editing_summary(edit), 3, separation=sep, curve=cs)
+    assert m["cleaning"]["oracle"]["accuracy_mean"] == 0.9 and m["cleaning"]["clean"]["accuracy_mean"] == 0.95
+    assert m["cleaning"]["gap"] == 0.1 and m["cleaning"]["random_std"] == 0.0 and m["cleaning"]["separable"] is False
+    assert m["cleaning_curve"] == {"frac_5pct": {"none": 0.8, "random": pytest.approx(0.8), "oracle": 0.85},
+                                   "frac_20pct": {"none": 0.8, "random": pytest.approx(0.7), "oracle": 0.95}}
+    assert m["editing"]["harmful_ecif"] == {"acc_edited": 0.9, "acc_retrained": 0.9, "acc_cold_retrained": 0.8}
+    assert all("." not in k for k in m["cleaning"]) and all("." not in k for k in m["cleaning_curve"])
+    assert R.fraction_key(0.05) == "frac_5pct" and R.fraction_key(0.1) == "frac_10pct"
+    assert "gap" not in R.cleaning_metrics(R.cleaning_summary(clean), R.editing_summary(edit), 3)["cleaning"]
+
+
+def test_runtime_table_from_the_time_group() -> None:
+    time = {"hessian_factorise_s": 0.5,
+            "editing": {"ecif": {"edit_median_s": 0.01, "retrain_median_s": 0.6, "cold_retrain_median_s": 3.0},
+                        "newton": {"edit_median_s": 0.02, "retrain_median_s": 0.6}}}
+    t = R.runtime_table(time)
+    assert list(t.index) == ["ecif", "newton"]
+    assert list(t.columns) == ["edit_median_s", "warm_retrain_median_s", "cold_retrain_median_s", "hessian_factorise_s"]
+    assert t.loc["ecif", "cold_retrain_median_s"] == 3.0 and t.loc["newton", "warm_retrain_median_s"] == 0.6
+    assert np.isnan(t.loc["newton", "cold_retrain_median_s"]) and (t["hessian_factorise_s"] == 0.5).all()
+    assert R.runtime_table({}).empty
