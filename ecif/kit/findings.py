@@ -397,7 +397,8 @@ def summary_findings(M: dict) -> list[str]:
     winners = M["detection_summary"]["detection_winner"]
     out.append("Detection winners by AUROC: " + "; ".join(
         f"{kind} {w['auroc']} (ECIF rank {w['ecif_rank_auroc']})" for kind, w in winners.items()) + ".")
-    out.extend(cleaning_findings(M["cleaning"])[:2])
+    lines = cleaning_findings(M["cleaning"])  # with reference rows: their line, then the ranking (or why none)
+    out.extend(lines[:2] if "oracle" in M["cleaning"]["cleaning"] else lines[:1])
     out.extend(traceback_findings(M["traceback"])[1:2])
     return out
 
