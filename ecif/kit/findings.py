@@ -5,7 +5,9 @@ One ``*_findings`` function per notebook (01 to 10). Each takes values the noteb
 in memory (its metrics dicts and tables) and returns a list of sentences with the numbers
 formatted; nothing is pasted. The ``exercise_*`` helpers run the cheap variant an exercise asks
 about (seconds: no retraining) and return the comparison as sentences, so that the notebooks stay
-thin. :func:`show` prints a list of sentences, one a line.
+thin; those that recompute with the kit's math (``ecif/core``, ``ecif/experiments``) are in
+:mod:`ecif.kit.exercises`, so that stages 1 and 2 do not depend on those folders. :func:`show`
+prints a list of sentences, one a line.
 """
 from __future__ import annotations
 
@@ -140,18 +142,6 @@ def loo_findings(stats: dict) -> list[str]:
     return out
 
 
-def exercise_damping(fitted, loo: pd.DataFrame, mu: float, stats: dict) -> list[str]:
-    """Exercise: ECIF with ``(H + μI)⁻¹`` (the saved Hessian of ``fitted``, no recomputation)
-    against the leave-one-out truth ``loo`` (``pair``, ``actual``), next to the undamped
-    ``stats["ecif"]`` (``spearman``, ``pearson``)."""
-    from ecif.core.evaluate import validation_gradient
-    from ecif.experiments.sensitivity import score_rows
-    g = validation_gradient(fitted.problem.val, fitted.theta_hat)
-    row = score_rows(fitted.engine(damping=mu), g, loo=loo, mask=fitted.problem.mask, variants=("ecif",))[0]
-    return [f"ECIF vs leave-one-out: Spearman {stats['ecif']['spearman']:.3f} without damping, {row['spearman']:.3f} "
-            f"with μ = {mu:g}; Pearson {stats['ecif']['pearson']:.3f} -> {row['pearson']:.3f}."]
-
-
 def exercise_clean_only(table: pd.DataFrame, variant: str = "ecif") -> list[str]:
     """Exercise: Spearman of ``variant`` against ``actual`` on all sampled pairs, on the clean
     ones only and on the misaligned ones only."""
@@ -186,32 +176,6 @@ def detect_findings(detect: dict, k: int, n: int) -> list[str]:
     return out
 
 
-def exercise_k(scores: dict, mask, factor: float, methods=("ecif", "cosine")) -> list[str]:
-    """Exercise: precision and recall at ``k`` and at ``factor × k`` (k = number misaligned)."""
-    from ecif.experiments.detection import detection_table
-    mask = np.asarray(mask, dtype=bool)
-    k = int(mask.sum())
-    k2 = max(1, int(round(factor * k)))
-    a = detection_table(scores, mask).set_index("method")
-    b = detection_table(scores, mask, k=k2).set_index("method")
-    return [f"{m:8s} k = {k}: precision {a.loc[m, 'precision_at_k']:.3f}, recall {a.loc[m, 'recall_at_k']:.3f};  "
-            f"k = {k2}: precision {b.loc[m, 'precision_at_k']:.3f}, recall {b.loc[m, 'recall_at_k']:.3f}"
-            for m in methods if m in a.index]
-
-
-def exercise_random(mask, seeds=(1, 2, 3)) -> list[str]:
-    """Exercise: random scores under other seeds: AUROC near 0.5, precision@k near the base rate."""
-    from ecif.experiments.metrics import auroc, precision_at_k
-    mask = np.asarray(mask, dtype=bool)
-    k = int(mask.sum())
-    rows = [(auroc(s, mask), precision_at_k(s, mask, k))
-            for s in (np.random.default_rng(seed).random(len(mask)) for seed in seeds)]
-    au, pr = np.array(rows).T
-    return [f"random scores, seeds {list(seeds)}: AUROC {au.mean():.3f} ± {au.std():.3f}, precision@k "
-            f"{pr.mean():.3f} ± {pr.std():.3f} (base rate {k / len(mask):.3f})."]
-
-
-# ------------------------------------------------------------------------------- 06 sweep
 def sweep_findings(summary: dict) -> list[str]:
     """Stage 6b, from the sweep's metrics dict (``detection_sweep``: per kind and method,
     ``auroc_mean``; ``detection_winner``: per kind)."""
@@ -230,21 +194,6 @@ def sweep_findings(summary: dict) -> list[str]:
     return out
 
 
-def exercise_sweep_subset(long: pd.DataFrame, **select) -> list[str]:
-    """Exercise: the winners (:func:`ecif.kit.reports.sweep_winners`) on a subset of the sweep's
-    long table: ``rate=0.1`` keeps one rate, ``exclude=["cosine"]`` drops methods."""
-    from ecif.kit.reports import sweep_winners
-    exclude = select.pop("exclude", ())
-    part = long[~long["method"].isin(exclude)]
-    for col, val in select.items():
-        part = part[part[col] == val]
-    full, sub = sweep_winners(long), sweep_winners(part)
-    what = ", ".join([f"{c} = {v}" for c, v in select.items()] + [f"{', '.join(exclude)} left out"] * bool(exclude))
-    return [f"{kind}: winner by AUROC {full.loc[kind, 'winner_auroc']} ({full.loc[kind, 'auroc']:.3f}) on the whole "
-            f"sweep, {sub.loc[kind, 'winner_auroc']} ({sub.loc[kind, 'auroc']:.3f}) with {what}" for kind in sub.index]
-
-
-# ---------------------------------------------------------------------------- 07 ablation
 def ablation_findings(roles: dict, damp: pd.DataFrame, lam_tab: pd.DataFrame, batch_tab: pd.DataFrame) -> list[str]:
     """Stage 7: which role carries the influence (``roles``: ``{variant: {spearman, auroc, ...}}``),
     and how ECIF's Spearman moves with damping μ, λ and the batch size (tables with the columns
@@ -331,20 +280,6 @@ def exercise_fraction(scores: pd.DataFrame, mask, fraction: float, methods=("eci
     return out
 
 
-def exercise_half_set(engine, val, scores, m: int, variant: str = "ecif") -> list[str]:
-    """Exercise: the predicted validation-loss change of removing the ``m`` highest-scoring pairs,
-    and of each half of that set (first order: the prediction is additive over removed pairs)."""
-    from ecif.core.evaluate import validation_gradient
-    g = validation_gradient(val, engine.theta_hat)
-    remove = np.argsort(-np.asarray(scores), kind="stable")[:m]
-    full = engine.predicted_change(g, remove, variant)
-    half = engine.predicted_change(g, remove[: m // 2], variant)
-    rest = engine.predicted_change(g, remove[m // 2:], variant)
-    return [f"predicted change: whole set ({m} pairs) {full:+.4f}; first half {half:+.4f}; second half "
-            f"{rest:+.4f}; halves summed {half + rest:+.4f}."]
-
-
-# --------------------------------------------------------------------------- 09 traceback
 def _tb(metrics: dict, method: str, k) -> dict | None:
     return metrics["traceback"].get(f"{method}_k{k}")
 
@@ -369,15 +304,6 @@ def traceback_findings(metrics: dict) -> list[str]:
                    f"and improves the margin of {_pct(r['improve_rate'])} (mean gain {r['margin_gain']:+.3f}){cmp}.")
     out.append(f"Misaligned pairs among the traced culprits in the gallery: {metrics['gallery_misaligned_share']:.2f}.")
     return out
-
-
-def exercise_culprit_overlap(engine, test, item: int, k: int) -> list[str]:
-    """Exercise: how many of the top-``k`` culprits of one item RIS and IS share."""
-    from ecif.experiments.misprediction import culprit_scores
-    g = test.subset([int(item)]).item_gradients(engine.objective.param, engine.theta_hat)[:, 0]
-    s = culprit_scores(engine, g)
-    top = {m: set(np.argsort(-v, kind="stable")[:k].tolist()) for m, v in s.items()}
-    return [f"test item {int(item)}: the top {k} culprits by RIS and by IS share {len(top['ris'] & top['is'])} of them."]
 
 
 def exercise_traceback_misaligned(rates: pd.DataFrame) -> list[str]:

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ecif.kit import findings
+from ecif.kit import exercises, findings
 
 
 def _det(**auroc):
@@ -75,10 +75,10 @@ def test_detect_findings_ranking_flips_with_inputs():
 def test_exercise_k_and_random():
     mask = np.array([True, True, False, False, False, False])
     scores = {"ecif": np.array([6.0, 1.0, 5.0, 2.0, 3.0, 0.0]), "cosine": np.array([6.0, 5.0, 1.0, 2.0, 3.0, 0.0])}
-    out = findings.exercise_k(scores, mask, 2)
+    out = exercises.exercise_k(scores, mask, 2)
     assert "k = 2: precision 0.500, recall 0.500" in out[0] and "k = 4: precision 0.250, recall 0.500" in out[0]
     assert "k = 2: precision 1.000, recall 1.000" in out[1] and "k = 4: precision 0.500, recall 1.000" in out[1]
-    assert "base rate 0.333" in findings.exercise_random(mask)[0]
+    assert "base rate 0.333" in exercises.exercise_random(mask)[0]
 
 
 def _sweep():
@@ -104,9 +104,9 @@ def test_exercise_sweep_subset_changes_winner():
                 rows.append({"kind": "shuffle", "rate": rate, "seed": seed, "method": m, "auroc": a,
                              "average_precision": a, "precision_at_k": a, "recall_at_k": a})
     long = pd.DataFrame(rows)
-    assert findings.exercise_sweep_subset(long, rate=0.1) == [
+    assert exercises.exercise_sweep_subset(long, rate=0.1) == [
         "shuffle: winner by AUROC cosine (0.850) on the whole sweep, ecif (0.900) with rate = 0.1"]
-    assert findings.exercise_sweep_subset(long, exclude=["cosine"]) == [
+    assert exercises.exercise_sweep_subset(long, exclude=["cosine"]) == [
         "shuffle: winner by AUROC cosine (0.850) on the whole sweep, ecif (0.700) with cosine left out"]
 
 
