@@ -71,8 +71,8 @@ class: pull
 	     "git checkout params.yaml && make repro"
 
 test: setup
-	@echo "[test] $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)"
-	@rc=0; $(VENV)/bin/python -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
+	@echo "[test] $(VENV)/bin/python -m pytest -q --durations=15 $(PYTEST_ARGS)"
+	@rc=0; $(VENV)/bin/python -m pytest -q --durations=15 $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "[test] error: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 
