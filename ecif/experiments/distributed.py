@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from contextlib import contextmanager
 
@@ -40,35 +39,9 @@ import torch
 
 from ecif.core.evaluate import validation_loss
 from ecif.experiments.progress import Progress
+from ecif.experiments.scheduler_spec import ENV_VAR, FORMS, LOCAL, resolve_address
 
 __all__ = ["ENV_VAR", "close", "connect", "refit_one", "resolve_address", "retrain_many"]
-
-#: Environment variable that overrides the scheduler value (``common.scheduler``).
-ENV_VAR = "ECIF_DASK_SCHEDULER"
-
-_SERIAL = ("", "null", "none", "serial")
-_LOCAL = re.compile(r"local(?::([1-9][0-9]*))?")
-_REMOTE = re.compile(r"(tcp|tls|ucx|inproc|ws|wss)://\S+")
-FORMS = "null (serial), local, local:N (N workers), tcp://host:port (a running Dask scheduler)"
-
-
-def resolve_address(address=None, *, env: bool = True) -> str | None:
-    """The scheduler value in effect: :data:`ENV_VAR` if set (and ``env``), else ``address``;
-    ``None`` for serial, else ``"local"``, ``"local:N"`` or a scheduler address. Raises
-    ``ValueError`` for anything else."""
-    if env and os.environ.get(ENV_VAR, "").strip():
-        address, source = os.environ[ENV_VAR].strip(), f"the environment variable {ENV_VAR}"
-    else:
-        source = "the scheduler value (common.scheduler)"
-    if address is None:
-        return None
-    text = str(address).strip()
-    if text.lower() in _SERIAL:
-        return None
-    if _LOCAL.fullmatch(text) or _REMOTE.fullmatch(text):
-        return text
-    raise ValueError(f"{source} is {address!r}, which is not a scheduler. Fix: use one of {FORMS}.")
-
 
 def connect(address=None, *, timeout: float = 10.0, env: bool = True):
     """A ``distributed.Client`` for ``address`` (see the module docstring), or ``None`` for serial.
@@ -81,7 +54,7 @@ def connect(address=None, *, timeout: float = 10.0, env: bool = True):
         return None
     from distributed import Client
 
-    local = _LOCAL.fullmatch(addr)
+    local = LOCAL.fullmatch(addr)
     if local:
         import dask
 

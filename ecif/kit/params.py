@@ -28,9 +28,8 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
-import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,6 +37,7 @@ import yaml
 
 from ecif.data.encoder_spec import EXAMPLES as ENCODER_EXAMPLES
 from ecif.data.encoder_spec import EncoderSpec
+from ecif.experiments.scheduler_spec import ENV_VAR, FORMS, scheduler_problem
 
 # Kept equal to ecif.data (datasets.EMBEDDED + TORCHVISION, noise.KINDS) by tests/kit/test_params.py;
 # written out here so that the check does not import torch.
@@ -242,18 +242,12 @@ def _encoder_form(value: Any) -> str | None:
     return None
 
 
-#: common.scheduler's forms; the same as ecif.experiments.distributed.resolve_address accepts (a test
-#: checks both), written here so that the parameter check does not import the experiments layer.
-SCHEDULER_FORM = re.compile(r"local(:[1-9][0-9]*)?|(tcp|tls|ucx|inproc|ws|wss)://\S+")
-SCHEDULER_FORMS = "null (serial), local, local:N (N workers), tcp://host:port (a running Dask scheduler)"
-SCHEDULER_ENV = "ECIF_DASK_SCHEDULER"
+SCHEDULER_FORMS, SCHEDULER_ENV = FORMS, ENV_VAR
 
 
 def _scheduler_form(value: Any) -> str | None:
     """None if ``value`` is a well-formed ``common.scheduler`` (nothing is contacted here)."""
-    if value.strip().lower() in ("", "null", "none", "serial") or SCHEDULER_FORM.fullmatch(value.strip()):
-        return None
-    return f"is not a scheduler (forms: {SCHEDULER_FORMS})"
+    return scheduler_problem(value)
 
 
 ENCODER_MEANING = ("frozen CLIP encoder: embedded (trained by the encoder stage), ARCH:TAG (open_clip pretrained "
