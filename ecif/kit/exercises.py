@@ -86,3 +86,75 @@ def exercise_culprit_overlap(engine, test, item: int, k: int) -> list[str]:
     s = culprit_scores(engine, g)
     top = {m: set(np.argsort(-v, kind="stable")[:k].tolist()) for m, v in s.items()}
     return [f"test item {int(item)}: the top {k} culprits by RIS and by IS share {len(top['ris'] & top['is'])} of them."]
+
+
+# -------------------------------------------------------------------------------- 11 emi
+def exercise_emi_modality(grid: pd.DataFrame, n_boot: int = 200) -> list[str]:
+    """Exercise: experiment A's correlations within one modality at a time: Spearman of EMID and of
+    the bound against the accuracy drop over the per-scenario means of ``grid`` (rows: scenario,
+    and shift seed if any), with percentile bootstrap intervals over scenarios
+    (:func:`ecif.experiments.emi_study.bootstrap_correlation`, seed 0); a modality with fewer than 3
+    scenarios is named, not correlated."""
+    from ecif.experiments.emi_study import bootstrap_correlation
+    out = []
+    for modality in ["all"] + list(dict.fromkeys(grid["modality"])):
+        part = grid if modality == "all" else grid[grid["modality"] == modality]
+        means = part.groupby("scenario", sort=False)[["emid", "bound", "acc_drop"]].mean()
+        n = len(means)
+        if n < 3:
+            out.append(f"{modality} ({n} scenario{'s' * (n != 1)}): too few for a correlation.")
+            continue
+        r = {c: bootstrap_correlation(means[c], means["acc_drop"], n_boot) for c in ("emid", "bound")}
+        out.append(f"{modality} ({n} scenarios): Spearman with the accuracy drop, EMID "
+                   f"{r['emid']['spearman']:.3f} [{r['emid']['spearman_lo']:.3f}, {r['emid']['spearman_hi']:.3f}], "
+                   f"bound {r['bound']['spearman']:.3f} [{r['bound']['spearman_lo']:.3f}, "
+                   f"{r['bound']['spearman_hi']:.3f}].")
+    return out
+
+
+def exercise_emi_one_seed(models: pd.DataFrame, seed: int) -> list[str]:
+    """Exercise: what noise seed ``seed`` alone would have said about experiment B. Per kind and
+    rate > 0, the EMI change from the clean fit (rate 0, same seed) of that one seed, against the
+    mean ± std (ddof 1) of the change over every seed of ``models``; then how many cells one seed
+    calls a fall and in how many the fall over all seeds exceeds one std."""
+    seeds = sorted(models["noise_seed"].unique())
+    if seed not in seeds:
+        raise ValueError(f"noise seed {seed} was not run (have {seeds})")
+    out, falls, real = [], 0, 0
+    for kind, part in models.groupby("kind", sort=False):
+        clean = part[part["rate"] == 0].set_index("noise_seed")["emi"]
+        cells = []
+        for rate, cell in part[part["rate"] > 0].groupby("rate"):
+            d = cell.set_index("noise_seed")["emi"] - clean
+            mean, std = float(d.mean()), float(d.std(ddof=1)) if len(d) > 1 else 0.0
+            one = float(d.loc[seed])
+            falls += one < 0
+            real += bool(one < 0 and mean < 0 and -mean > std)
+            cells.append(f"{rate:.0%} {one:+.2f} (all {len(d)}: {mean:+.2f} ± {std:.2f})")
+        out.append(f"{kind}, EMI change from the clean fit, seed {seed} alone: " + "; ".join(cells) + ".")
+    out.append(f"Seed {seed} alone shows a fall of EMI in {falls} cells; over all {len(seeds)} seeds the "
+               f"fall exceeds one std in {real} of them.")
+    return out
+
+
+def exercise_relabel_merge(ds, attribute: str = "color", source: str = "red", target: str = "blue") -> list[str]:
+    """Exercise: Limit 2 with a relabelling that is *not* a bijection. On the test split of ``ds``
+    the reference captions get ``attribute`` swapped (``source`` <-> ``target``, a bijection) or
+    merged (``source`` -> ``target``); per case the share of captions unchanged and the discrete
+    EMI, ``MI(attributes; relabelled) - MI(attributes; clean)`` (nats, exact)."""
+    from ecif.experiments.emi import discrete_mi
+    test, spec = ds["test"], ds.spec
+    attrs = {k: np.asarray(v) for k, v in test.attributes.items()}
+    names = sorted(k for k in attrs if k != "template")
+    key = np.array(["|".join(str(attrs[a][i]) for a in names) for i in range(len(attrs[names[0]]))])
+    clean = np.asarray(spec.render(attrs))
+    codes = list(spec.values[attribute])
+    i, j = codes.index(source), codes.index(target)
+    out = []
+    for name, mapping in (("swap", {i: j, j: i}), ("merge", {i: j})):
+        mapped = np.array([mapping.get(int(c), int(c)) for c in attrs[attribute]])
+        relabelled = np.asarray(spec.render({**attrs, attribute: mapped}))
+        out.append(f"{name} ({source} {'<->' if name == 'swap' else '->'} {target}): "
+                   f"{np.mean(relabelled == clean):.1%} of the captions unchanged, discrete EMI "
+                   f"{discrete_mi(key, relabelled) - discrete_mi(key, clean):+.4f} nats.")
+    return out

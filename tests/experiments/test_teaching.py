@@ -119,3 +119,107 @@ def test_exercise_helpers() -> None:
     assert T.check_guess(True, np.bool_(True)).startswith("Right")
     assert T.check_guess(3, 2).startswith("Not this time")
     assert T.check_guess((True, False), (np.bool_(True), False)).startswith("Right")
+
+
+# ------------------------------------------------------------------- non-convex: section 4b
+
+
+@pytest.fixture(scope="module")
+def pooled():
+    return T.pooled_digits(T.digits_problem(200, seed=0))
+
+
+def test_pooled_digits_average_two_by_two_blocks(pooled) -> None:
+    raw = T.digits_problem(200, seed=0)
+    assert pooled.x.shape == (200, 17) and torch.all(pooled.x[:, -1] == 1)
+    img = raw.x[5, :64].reshape(8, 8)
+    assert float(pooled.x[5, 1]) == pytest.approx(float(img[0:2, 2:4].mean()), abs=1e-15)
+    assert torch.equal(pooled.y, raw.y) and pooled.x_test.shape[1] == 17
+
+
+def test_net_closed_forms_match_autograd(pooled) -> None:
+    """Batched closed-form gradient and Hessian of the two-layer network against torch.func,
+    with a different removal mask per row."""
+    th = 0.3 * torch.randn(3, 36, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    keep = torch.ones(3, 200, dtype=torch.float64)
+    keep[0, 4] = keep[2, [1, 9]] = 0
+    for m in range(3):
+        f = lambda t: T.net_loss(t[None], pooled.x, pooled.y, 0.05, keep=keep[m:m + 1])[0]  # noqa: E731
+        assert torch.allclose(T.net_grad(th, pooled.x, pooled.y, 0.05, keep=keep)[m], grad(f)(th[m]),
+                              atol=1e-13)
+        assert torch.allclose(T.net_hessian(th, pooled.x, pooled.y, 0.05, keep=keep)[m],
+                              hessian(f)(th[m]), atol=1e-13)
+
+
+@pytest.fixture(scope="module")
+def study():
+    return T.nonconvex_study(T.digits_problem(200, seed=0))
+
+
+def test_nonconvex_fit_is_a_saddle_that_damping_makes_positive_definite(pooled, study) -> None:
+    res = T.fit_net(pooled, 1e-3)
+    assert res.grad_norm <= 1e-10 and res.unit_gap < 1e-6  # stationary, units still equal
+    H = T.net_hessian(res.theta[None], pooled.x, pooled.y, 1e-3)[0]
+    emin = float(torch.linalg.eigvalsh(H)[0])
+    assert emin < -1e-3 and emin == pytest.approx(res.min_eig, rel=1e-10)  # a saddle
+    # the damping rows' eigenvalue is that of H + mu I, computed here independently
+    rows = study["damping_rows"]
+    assert study["mu_pd"] == pytest.approx(-1.5 * emin, rel=1e-10)
+    for r in rows:
+        shifted = float(torch.linalg.eigvalsh(H + r["damping"] * torch.eye(36, dtype=torch.float64))[0])
+        assert r["min_eig"] == pytest.approx(shifted, rel=1e-8, abs=1e-12)
+        assert (shifted > 0) == (r["damping"] > -emin)
+    assert T.row(rows, "damping", study["mu_pd"])["min_eig"] > 0
+
+
+def test_nonconvex_refits_converge_and_agreement_degrades(pooled, study) -> None:
+    lam_rows = study["lam_rows"]
+    assert [r["lam"] for r in lam_rows] == [1e-3, 3e-3, 1e-2, 3e-2]
+    for r in lam_rows:
+        assert r["grad_norm"] <= 1e-10 and r["max_grad_norm"] <= 1e-9  # fit and refits converged
+        assert r["min_eig_refits"] > 0  # every refit ended at a strict local minimum
+    saddle, pulled = lam_rows[0], T.row(lam_rows, "lam", 1e-2)
+    assert saddle["min_eig"] < 0 < pulled["min_eig"]
+    assert saddle["pearson"] < 0.8
+    # the refits fall off the saddle: their mean change is the all-data refit's, not the estimate's
+    assert abs(saddle["mean_actual"] - saddle["escape"]) < 0.2 * abs(saddle["escape"])
+    assert abs(saddle["mean_estimate"]) < 0.05 * abs(saddle["escape"])
+    assert pulled["pearson"] >= 0.99  # the L2 pull makes it a strict minimum and the estimate works
+    damped = T.row(study["damping_rows"], "damping", study["mu_pd"])
+    assert damped["pearson"] < T.row(study["damping_rows"], "damping", 0.0)["pearson"]  # legal, not right
+    # one batched refit is the same refit run alone
+    res = T.fit_net(pooled, 1e-2)
+    loo = T.net_loo(pooled, res)
+    k = 7
+    keep = torch.ones(1, 200, dtype=torch.float64)
+    keep[0, k] = 0
+    v = torch.linalg.eigh(T.net_hessian(res.theta[None], pooled.x, pooled.y, 1e-2))[1][0][:, 0]
+    v = v * torch.sign(v[v.abs().argmax()])
+    th, gn, _ = T._descend((res.theta + 1e-3 * v)[None], pooled.x, pooled.y, 1e-2, 2, keep, gtol=1e-9)
+    test = T.net_loss(torch.cat([th, res.theta[None]]), pooled.x_test, pooled.y_test)
+    assert float(gn[0]) <= 1e-9
+    assert loo["actual"][k] == pytest.approx(float(test[0] - test[1]), rel=1e-6, abs=1e-12)
+
+
+def test_nonconvex_sentences_state_the_computed_numbers(study) -> None:
+    """The notebook's sentences carry this study's numbers, and other numbers give other words."""
+    r0 = study["lam_rows"][0]
+    text = T.nonconvex_findings(study, 0.9985)
+    assert f"at a saddle: the Hessian's smallest eigenvalue is {r0['min_eig']:.2e}" in text[0]
+    assert f"Pearson is {r0['pearson']:.3f}" in text[0] and "against 0.9985 on the convex toy" in text[0]
+    assert f"changes the test loss by {r0['escape']:+.4f}" in text[1]
+    assert f"by {r0['mean_actual']:+.4f} on average; the estimates average {r0['mean_estimate']:+.4f}" in text[1]
+    damped = T.row(study["damping_rows"], "damping", study["mu_pd"])
+    assert f"Pearson falls from {r0['pearson']:.3f} to {damped['pearson']:.3f}" in text[2]
+    assert "at lam = 0.01 the smallest eigenvalue is" in text[3]
+    convex = {**study, "lam_rows": study["lam_rows"][2:], "mu_pd": 0.0}
+    other = T.nonconvex_findings(convex)
+    assert "at a strict minimum" in other[0] and len(other) == 1
+    never = {**study, "lam_rows": study["lam_rows"][:2]}
+    assert T.nonconvex_findings(never)[-1] == "None of the lam values tried made the fit a strict minimum."
+    full = T.findings({"pearson": 0.999, "slope": 1.0}, _rows("lam", (0.9, 0.8, 0.7), (1, 1, 1)),
+                      [{"damping": 0.0, "pearson": 0.5, "spearman": 0.5, "slope": 0.4}],
+                      {"d_dzeta": 1.0, "neg": 1.0, "removal": 1.1, "negexact": 1.1, "pos": 2.0},
+                      {"clean": {"positive": 0.6, "ecif": 0.95}, "misaligned": {"positive": 0.97, "ecif": 0.99}},
+                      nonconvex=study)
+    assert full[3].startswith("Non-convex network") and full[-1].startswith("On misaligned pairs")

@@ -225,3 +225,61 @@ def test_exercise_clean_only_splits_pairs():
 def test_show_prints_each_line(capsys):
     findings.show(["a", "b"])
     assert capsys.readouterr().out == "a\nb\n"
+
+
+# ------------------------------------------------------------------------------ 11 emi
+def _emi_grid():
+    """Two modalities of 4 scenarios, 2 shift seeds each: EMID follows the accuracy drop in both;
+    the bound follows it within a modality but sits on another scale per modality."""
+    rows = []
+    for modality, offset in (("visual", 0.0), ("text", 10.0)):
+        for i in range(4):
+            for seed in (0, 1):
+                rows.append({"scenario": f"{modality}{i}", "modality": modality, "seed": seed,
+                             "acc_drop": 0.1 * i + 0.01 * (modality == "text"), "emid": 5.0 * i + seed,
+                             "bound": offset - i if modality == "text" else float(i)})
+    rows.append({"scenario": "joint0", "modality": "joint", "seed": 0, "acc_drop": 0.2, "emid": 1.0, "bound": 1.0})
+    return pd.DataFrame(rows)
+
+
+def test_exercise_emi_modality_correlates_within_each_modality():
+    out = exercises.exercise_emi_modality(_emi_grid(), n_boot=50)
+    assert out[0].startswith("all (9 scenarios)")
+    assert out[1].startswith("visual (4 scenarios): Spearman with the accuracy drop, EMID 1.000")
+    assert "bound 1.000" in out[1] and "bound -1.000" in out[2]  # text: bound falls as the drop grows
+    assert out[3] == "joint (1 scenario): too few for a correlation."
+
+
+def test_exercise_emi_one_seed_against_all_seeds():
+    rows = [{"kind": "shuffle", "rate": 0.0, "noise_seed": s, "emi": -5.0} for s in (0, 1, 2)]
+    # 10 %: seed 0 falls by 2, the others rise: mean 0, std 2 -> not a real fall
+    rows += [{"kind": "shuffle", "rate": 0.1, "noise_seed": s, "emi": e} for s, e in ((0, -7.0), (1, -3.0), (2, -5.0))]
+    # 20 %: every seed falls by about 10 -> a real fall
+    rows += [{"kind": "shuffle", "rate": 0.2, "noise_seed": s, "emi": e} for s, e in ((0, -15.0), (1, -16.0), (2, -14.0))]
+    out = exercises.exercise_emi_one_seed(pd.DataFrame(rows), 0)
+    assert out[0] == ("shuffle, EMI change from the clean fit, seed 0 alone: 10% -2.00 (all 3: +0.00 ± 2.00); "
+                      "20% -10.00 (all 3: -10.00 ± 1.00).")
+    assert out[1] == "Seed 0 alone shows a fall of EMI in 2 cells; over all 3 seeds the fall exceeds one std in 1 of them."
+    assert "in 1 cells" in exercises.exercise_emi_one_seed(pd.DataFrame(rows), 1)[1]  # seed 1 rises at 10 %
+    with pytest.raises(ValueError, match="not run"):
+        exercises.exercise_emi_one_seed(pd.DataFrame(rows), 7)
+
+
+def test_exercise_relabel_merge_bijection_keeps_mi():
+    from ecif.data.embedded import shapes
+    from ecif.experiments.emi import discrete_mi
+
+    ds = shapes(0, sizes={"pretrain": 4, "train": 4, "val": 4, "test": 80}, image_size=8)
+    swap, merge = exercises.exercise_relabel_merge(ds)
+    assert swap.startswith("swap (red <-> blue)") and "discrete EMI +0.0000 nats" in swap
+    colour = np.asarray(ds["test"].attributes["color"])
+    red, blue = (ds.spec.values["color"].index(c) for c in ("red", "blue"))
+    unchanged = 1 - np.mean(colour == red)
+    assert f"{unchanged:.1%} of the captions unchanged" in merge
+    # the captions are functions of the attributes, so MI(attributes; captions) is the captions'
+    # entropy, and merging red into blue loses the entropy that told red from blue
+    attrs = {k: np.asarray(v) for k, v in ds["test"].attributes.items()}
+    clean = np.asarray(ds.spec.render(attrs))
+    merged = np.asarray(ds.spec.render({**attrs, "color": np.where(colour == red, blue, colour)}))
+    lost = discrete_mi(clean, clean) - discrete_mi(merged, merged)
+    assert lost > 0.05 and f"discrete EMI {-lost:+.4f} nats" in merge

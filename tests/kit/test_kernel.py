@@ -93,6 +93,12 @@ def test_notebook_00_runs_from_another_directory(ecif_kernel: Path, tmp_path: Pa
     executed = nbformat.read(str(tmp_path / "00.ipynb"), as_version=4)
     text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
     assert "Convex toy: the first-order estimate agrees almost exactly" in text
+    # section 4b: the network's fit is a saddle, and the sentence states the recorded agreement
+    saddle, damped = numbers["nonconvex"][0], numbers["nonconvex_damping"]
+    assert saddle["min_eig"] < 0 and saddle["grad_norm"] <= 1e-10 and saddle["min_eig_refits"] > 0
+    assert f"the estimate's Pearson is {saddle['pearson']:.3f}" in text
+    assert any(r["min_eig"] > 0 and f"Pearson falls from {saddle['pearson']:.3f} to {r['pearson']:.3f}" in text
+               for r in damped)
     assert not any(o.get("output_type") == "error" for c in executed.cells if c.cell_type == "code"
                    for o in c.outputs)
     print(f"notebook 00 ran in {seconds:.1f} s")

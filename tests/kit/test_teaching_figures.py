@@ -50,6 +50,22 @@ def test_figures_have_titles_axis_names_and_colours() -> None:
     plt.close("all")
 
 
+def test_nonconvex_figure_marks_the_saddle_and_the_positive_definite_dampings() -> None:
+    a = np.linspace(-0.02, 0.0, 12)
+    lam_rows = [{"lam": 1e-3, "min_eig": -5e-3, "pearson": 0.74}, {"lam": 1e-2, "min_eig": 2e-3, "pearson": 0.999}]
+    damp = [{"damping": v, "min_eig": v - 5e-3, "pearson": p, "spearman": p, "slope": 0.01}
+            for v, p in ((0.0, 0.74), (7.5e-3, 0.64), (0.1, 0.55))]
+    study = {"lam_rows": lam_rows, "damping_rows": damp, "scatter": {1e-3: (a * 0.1, a), 1e-2: (a, a)}}
+    fig = F.nonconvex_figure(study)
+    _labelled(fig)
+    left, right = fig.axes
+    assert len(left.collections) == 2 and "saddle" in left.get_legend().get_texts()[1].get_text()
+    assert any(line.get_xdata()[0] == pytest.approx(5e-3) for line in right.lines)  # mu = -min_eig
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
 def test_record(tmp_path) -> None:
     assert F.record("", x=1.0) is None
     path = F.record(tmp_path / "r", toy_pearson=np.float64(0.995), rows=[{"a": 1}])
