@@ -24,9 +24,12 @@ its own terms, so every peer is, at best, the kit's ``positive`` variant (the cl
 influence function); dattri's exact and CG solvers compute exactly that (tested), kronfluence
 approximates its Hessian.
 
-kronfluence specifics: it tracks ``nn.Linear`` modules only, so the four LoRA factors are its
-parameters and the logit scale ``t`` (a bare parameter) is left out of its gradients and
-curvature; its K-FAC / EK-FAC curvature is block-diagonal per factor. With one example = one
+kronfluence specifics: it tracks ``nn.Linear`` (and ``Conv2d``) modules only. A bare
+``logit_scale`` parameter, as in open_clip's CLIP, would be left out of its gradients and
+curvature, so the adapter writes ``t`` as a bias-free ``nn.Linear(1, 1)`` applied to a constant
+1 (one per example); ``track_logit_scale=False`` leaves it untracked (the four LoRA factors
+only), for comparison. Its K-FAC / EK-FAC curvature is block-diagonal per module (the four
+factors and ``t``). With one example = one
 batch of ``b`` slots, kronfluence treats the slots like tokens of a sequence (padding masked by
 :meth:`KronfluenceTask.get_attention_mask`). The true-Fisher factors sample a text for the
 pair's row and an image for its column from the model's own softmax (``sample=True``).
@@ -39,7 +42,8 @@ the change of ``L_val`` for removing ``k`` times ``n`` (removal is the weight ``
 ``Pos_k``; ``theta_{-k} - theta ~ +(1/n) P^-1 g_k``). Both libraries' raw scores have that sign
 (checked in tests/experiments/test_peers.py against the analytic value), so :func:`peer_scores`
 returns ``raw / n``: for ``dattri_explicit`` this equals the kit's ``positive`` variant exactly
-(``P = H``), for ``kronfluence_identity`` it is ``(1/n) g_val^T g_k`` over the LoRA factors.
+(``P = H``), for ``kronfluence_identity`` it is ``(1/n) g_val^T g_k`` (over the LoRA factors
+only when ``track_logit_scale=False``).
 
 Install: ``pip install -e '.[peers]' -c requirements.lock`` (kronfluence, dattri). Only this
 module imports them, lazily; :func:`available` tells whether a peer can run.
@@ -106,11 +110,12 @@ class HeadsModule(nn.Module):
     """:class:`~ecif.core.heads.LoRAHeads` as an ``nn.Module`` (what the libraries take).
 
     The four LoRA factors are bias-free ``nn.Linear`` layers (``A: d -> r``, ``B: r -> e``), the
-    frozen base projections are buffers, the log logit-scale ``t`` a bare parameter. The
+    frozen base projections are buffers, the log logit-scale ``t`` the weight of a bias-free
+    ``nn.Linear(1, 1)`` applied to a constant 1. The
     parameters, flattened row-major, are exactly the kit's ``theta``
     (:meth:`theta`; ``named_parameters`` order differs, which no library depends on).
     ``forward(x, y)`` maps features of any leading shape to the unnormalised
-    embeddings ``(W_img x, W_txt y)``.
+    embeddings ``(W_img x, W_txt y)`` and ``t`` once per example, ``(N, 1)``.
     """
 
     def __init__(self, param: LoRAHeads, theta: torch.Tensor):
@@ -120,24 +125,30 @@ class HeadsModule(nn.Module):
         theta = param.check_theta(theta).detach().cpu()
         a_i, b_i, a_t, b_t = param.factors(theta)
         r, e = param.rank, param.width
+        with torch.random.fork_rng(devices=[]):  # nn.Linear's random init must not move the global generator
+            self._layers(param, r, e)
+        with torch.no_grad():
+            for layer, w in ((self.a_img, a_i), (self.b_img, b_i), (self.a_txt, a_t), (self.b_txt, b_t),
+                             (self.scale, theta[-1:].reshape(1, 1))):
+                layer.weight.copy_(w)
+        self.register_buffer("w_img0", param.w_img0.detach().cpu().clone())
+        self.register_buffer("w_txt0", param.w_txt0.detach().cpu().clone())
+
+    def _layers(self, param: LoRAHeads, r: int, e: int) -> None:
         self.a_img = nn.Linear(param.d_img, r, bias=False, dtype=DTYPE)
         self.b_img = nn.Linear(r, e, bias=False, dtype=DTYPE)
         self.a_txt = nn.Linear(param.d_txt, r, bias=False, dtype=DTYPE)
         self.b_txt = nn.Linear(r, e, bias=False, dtype=DTYPE)
-        with torch.no_grad():
-            for layer, w in ((self.a_img, a_i), (self.b_img, b_i), (self.a_txt, a_t), (self.b_txt, b_t)):
-                layer.weight.copy_(w)
-        self.log_scale = nn.Parameter(theta[-1:].clone())
-        self.register_buffer("w_img0", param.w_img0.detach().cpu().clone())
-        self.register_buffer("w_txt0", param.w_txt0.detach().cpu().clone())
+        # the log logit-scale as a 1 -> 1 linear map of a constant 1: a module kronfluence can track
+        self.scale = nn.Linear(1, 1, bias=False, dtype=DTYPE)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return x @ self.w_img0.T + self.b_img(self.a_img(x)), y @ self.w_txt0.T + self.b_txt(self.a_txt(y))
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        t = self.scale(torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device))  # (N, 1): one per example
+        return x @ self.w_img0.T + self.b_img(self.a_img(x)), y @ self.w_txt0.T + self.b_txt(self.a_txt(y)), t
 
     def theta(self) -> torch.Tensor:
-        """The parameters as the kit's flat ``theta`` (``named_parameters`` lists ``log_scale`` first)."""
-        parts = (self.a_img.weight, self.b_img.weight, self.a_txt.weight, self.b_txt.weight, self.log_scale)
-        return torch.cat([p.detach().reshape(-1) for p in parts])
+        """The parameters as the kit's flat ``theta`` (also the order of ``named_parameters``)."""
+        return torch.cat([p.detach().reshape(-1) for p in self.parameters()])
 
 
 # ------------------------------------------------------------------ examples: one per pair, carrying its batch
@@ -194,16 +205,18 @@ def query_example(val_objective: ContrastiveObjective) -> PairExamples:
 
 
 def _similarities(u_raw, w_raw, log_scale):
+    """``exp(t) <u, w>`` of each example's batches, ``(N, ..., b, b)``; ``log_scale (N, 1)``."""
     u = u_raw / u_raw.norm(dim=-1, keepdim=True)
     w = w_raw / w_raw.norm(dim=-1, keepdim=True)
-    return torch.exp(log_scale.reshape(())) * u @ w.transpose(-1, -2)
+    s = u @ w.transpose(-1, -2)
+    return torch.exp(log_scale.reshape(-1, *([1] * (s.ndim - 1)))) * s
 
 
 def example_losses(module: HeadsModule, x, y, keep, weight) -> torch.Tensor:
     """Per-example loss ``sum_slots weight * Pos_slot`` over each example's batches, shape
     ``(N,)``; every pair's embedding is recomputed from the module's parameters."""
     n_ex, b = x.shape[0], x.shape[-2]
-    s = _similarities(*module(x, y), module.log_scale).reshape(-1, b, b)
+    s = _similarities(*module(x, y)).reshape(-1, b, b)
     pos = terms.pos(s, terms.masks(keep.reshape(-1, b)))
     return (pos * weight.reshape(-1, b)).reshape(n_ex, -1).sum(dim=1)
 
@@ -222,8 +235,10 @@ def _float64_default():
 # ------------------------------------------------------------------ kronfluence
 
 
-def _kronfluence_task():
+def _kronfluence_task(track_logit_scale: bool):
     from kronfluence.task import Task
+
+    tracked = None if track_logit_scale else ["a_img", "b_img", "a_txt", "b_txt"]
 
     class KronfluenceTask(Task):
         """Per-example training loss ``Pos_k`` (summed over a batch of examples, as kronfluence
@@ -235,7 +250,7 @@ def _kronfluence_task():
             if not sample:
                 return example_losses(model, x, y, keep, weight).sum()
             b = x.shape[-2]
-            s = _similarities(*model(x, y), model.log_scale).reshape(-1, b, b)
+            s = _similarities(*model(x, y)).reshape(-1, b, b)
             masked = torch.where(terms.masks(keep.reshape(-1, b)).pairs, s, torch.full_like(s, -1e30))
             slot = weight.reshape(-1, b).argmax(dim=1)
             rows = masked[torch.arange(len(slot)), slot]  # image k against the batch's texts
@@ -250,6 +265,9 @@ def _kronfluence_task():
             x, y, keep, weight = batch
             return example_losses(model, x, y, keep, weight).sum()
 
+        def get_influence_tracked_modules(self):
+            return tracked
+
         def get_attention_mask(self, batch):
             return batch[2].long()  # kronfluence counts tokens as integers
 
@@ -257,12 +275,12 @@ def _kronfluence_task():
 
 
 def _kronfluence_raw(strategy: str, module: HeadsModule, train: PairExamples, query: PairExamples, damping: float,
-                     seed: int, batch_size: int) -> np.ndarray:
+                     seed: int, batch_size: int, track_logit_scale: bool) -> np.ndarray:
     from kronfluence.analyzer import Analyzer, prepare_model
     from kronfluence.arguments import FactorArguments, ScoreArguments
     from kronfluence.utils.dataset import DataLoaderKwargs
 
-    task = _kronfluence_task()
+    task = _kronfluence_task(track_logit_scale)
     model = prepare_model(module, task)
     f64 = dict(per_sample_gradient_dtype=DTYPE)
     factor_args = FactorArguments(strategy=strategy, activation_covariance_dtype=DTYPE, gradient_covariance_dtype=DTYPE,
@@ -316,11 +334,10 @@ def _dattri_raw(solver: str, module: HeadsModule, train: PairExamples, query: Pa
 
 class _Functional:
     """``module`` called with the parameters ``params`` (a name -> tensor dict), as dattri's
-    ``torch.func`` style needs; exposes ``log_scale`` like the module."""
+    ``torch.func`` style needs."""
 
     def __init__(self, module: HeadsModule, params: dict):
         self.module, self.params = module, params
-        self.log_scale = params["log_scale"]
 
     def __call__(self, x, y):
         return torch.func.functional_call(self.module, self.params, (x, y))
@@ -343,7 +360,7 @@ class PeerResult:
 
 def peer_scores(name: str, objective: ContrastiveObjective, val_objective: ContrastiveObjective,
                 theta_hat: torch.Tensor, *, damping: float | None = None, seed: int = 0, cg_max_iter: int = 50,
-                cg_tol: float = 1e-10, batch_size: int = 64) -> PeerResult:
+                cg_tol: float = 1e-10, batch_size: int = 64, track_logit_scale: bool = True) -> PeerResult:
     """Influence of every training pair on ``L_val`` by peer ``name`` (:data:`PEERS`), at
     ``theta_hat``, in the kit's sign and scale (module docstring).
 
@@ -351,7 +368,10 @@ def peer_scores(name: str, objective: ContrastiveObjective, val_objective: Contr
     (the exact Hessian of the L2 pull, as the kit's own influence uses). ``seed``: kronfluence's
     true-Fisher samples. ``cg_max_iter``, ``cg_tol``: dattri's CG. ``batch_size``: examples per
     kronfluence batch (dattri takes all pairs in one batch; its CG has no tolerance stop, so
-    ``cg_tol`` is passed but every solve runs ``cg_max_iter`` iterations). Runs on the CPU in float64.
+    ``cg_tol`` is passed but every solve runs ``cg_max_iter`` iterations). ``track_logit_scale``:
+    whether kronfluence tracks the logit scale's 1 -> 1 linear map (``False``: only the four LoRA
+    factors, as kronfluence sees a CLIP whose ``logit_scale`` is a bare ``nn.Parameter``);
+    dattri always differentiates every parameter. Runs on the CPU in float64.
     Raises :class:`PeerUnavailable` when the library is missing."""
     _check_name(name)
     _require(name)
@@ -369,7 +389,8 @@ def peer_scores(name: str, objective: ContrastiveObjective, val_objective: Contr
     start = time.perf_counter()
     with warnings.catch_warnings():  # the libraries' deprecation notices about torch APIs, not about this use
         warnings.simplefilter("ignore", FutureWarning)
-        raw = _run(name, objective, val_objective, theta_hat, damping, seed, cg_max_iter, cg_tol, batch_size)
+        raw = _run(name, objective, val_objective, theta_hat, damping, seed, cg_max_iter, cg_tol, batch_size,
+                   track_logit_scale)
     seconds = time.perf_counter() - start
     if raw.shape != (objective.n,) or not np.isfinite(raw).all():
         raise RuntimeError(f"peer {name} returned {raw.shape} scores (finite: {bool(np.isfinite(raw).all())}); "
@@ -377,11 +398,13 @@ def peer_scores(name: str, objective: ContrastiveObjective, val_objective: Contr
     return PeerResult(name, raw / objective.n, raw, seconds)
 
 
-def _run(name, objective, val_objective, theta_hat, damping, seed, cg_max_iter, cg_tol, batch_size) -> np.ndarray:
+def _run(name, objective, val_objective, theta_hat, damping, seed, cg_max_iter, cg_tol, batch_size,
+         track_logit_scale) -> np.ndarray:
     module = HeadsModule(objective.param, theta_hat)
     train, query = train_examples(objective), query_example(val_objective)
     if name in _KRONFLUENCE_STRATEGY:
-        return _kronfluence_raw(_KRONFLUENCE_STRATEGY[name], module, train, query, damping, seed, batch_size)
+        return _kronfluence_raw(_KRONFLUENCE_STRATEGY[name], module, train, query, damping, seed, batch_size,
+                                track_logit_scale)
     return _dattri_raw(name.split("_", 1)[1], module, train, query, damping, cg_max_iter, cg_tol)
 
 

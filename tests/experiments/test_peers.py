@@ -1,6 +1,7 @@
 """The peers (ecif/experiments/peers.py) compute what their docstrings claim, in the kit's sign
 and scale: dattri's exact and CG influence = the kit's ``positive`` variant, kronfluence's
-identity strategy = ``(1/n) grad L_val . grad Pos_k`` over the LoRA factors; bad inputs are
+identity strategy = ``(1/n) grad L_val . grad Pos_k`` (over the LoRA factors alone when the
+logit scale is not tracked); the stage's peer names are the module's; bad inputs are
 refused with the fix."""
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ def lora_problem():
 
 def test_module_and_examples_reproduce_the_kits_terms() -> None:
     obj, val, theta, _, _ = lora_problem()
+    state = torch.random.get_rng_state()
     module = peers.HeadsModule(obj.param, theta)
+    assert torch.equal(torch.random.get_rng_state(), state)  # no draw from the global generator
     assert torch.equal(module.theta(), theta)  # registration order = the kit's theta layout
     ex = peers.train_examples(obj)
     assert len(ex) == N and ex.x.shape[1] == BATCH and not bool(ex.keep.all())  # the short batch is padded
@@ -60,13 +63,16 @@ def test_dattri_is_the_kits_positive_variant(name: str) -> None:
     np.testing.assert_allclose(res.scores, positive, rtol=1e-8, atol=1e-10 * np.abs(positive).max())
 
 
-def test_kronfluence_identity_is_the_gradient_dot_product_over_the_lora_factors() -> None:
+@pytest.mark.parametrize("track_logit_scale", [True, False])
+def test_kronfluence_identity_is_the_gradient_dot_product(track_logit_scale: bool) -> None:
     pytest.importorskip("kronfluence")
     obj, val, theta, g_val, _ = lora_problem()
-    res = peers.peer_scores("kronfluence_identity", obj, val, theta, batch_size=BATCH)
+    res = peers.peer_scores("kronfluence_identity", obj, val, theta, batch_size=BATCH,
+                            track_logit_scale=track_logit_scale)
     per_pair = obj.pair_gradients(theta, ("pos",)).detach()
     g = g_val.clone()
-    g[-1] = 0.0  # the logit scale is no nn.Linear: kronfluence leaves it out
+    if not track_logit_scale:
+        g[-1] = 0.0  # the LoRA factors only
     np.testing.assert_allclose(res.scores, (per_pair @ g).numpy() / N, rtol=1e-9, atol=1e-14)
 
 
@@ -100,3 +106,9 @@ def test_bad_inputs_are_refused_with_the_fix(monkeypatch) -> None:
     assert not peers.available("kronfluence_ekfac")
     with pytest.raises(peers.PeerUnavailable, match=r"pip install -e '\.\[peers\]'"):
         peers.peer_scores("kronfluence_ekfac", obj, val, theta)
+
+
+def test_the_params_schema_names_the_modules_peers() -> None:
+    from ecif.kit.params import PEER_NAMES
+
+    assert PEER_NAMES == peers.PEERS
