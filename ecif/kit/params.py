@@ -319,6 +319,8 @@ SCHEMA: dict[str, dict[str, Spec]] = {
                           Choice("peer", PEER_NAMES), ["kronfluence_ekfac", "dattri_cg"], unique=True),
         "cg_max_iter": Int("conjugate-gradient iterations of dattri_cg", 50, ge=1),
         "batch_size": Int("training examples per kronfluence batch", 64, ge=1),
+        "track_logit_scale": Flag("kronfluence tracks the logit scale (as a 1 -> 1 linear map)", True,
+                                  hint="false: only the four LoRA factors, as kronfluence sees a bare logit_scale"),
     },
     "detection_grid": {
         "kinds": ListOf("misalignment kinds of the sweep", Choice("kind", GRID_KINDS), ["shuffle"], unique=True),
