@@ -29,10 +29,11 @@ kronfluence specifics: it tracks ``nn.Linear`` (and ``Conv2d``) modules only. A 
 curvature, so the adapter writes ``t`` as a bias-free ``nn.Linear(1, 1)`` applied to a constant
 1 (one per example); ``track_logit_scale=False`` leaves it untracked (the four LoRA factors
 only), for comparison. Its K-FAC / EK-FAC curvature is block-diagonal per module (the four
-factors and ``t``). With one example = one
-batch of ``b`` slots, kronfluence treats the slots like tokens of a sequence (padding masked by
-:meth:`KronfluenceTask.get_attention_mask`). The true-Fisher factors sample a text for the
-pair's row and an image for its column from the model's own softmax (``sample=True``).
+factors and ``t``). With one example = one batch of ``b`` slots, kronfluence treats the slots
+like tokens of a sequence (padding masked by ``get_attention_mask``): its Kronecker factors are
+averages over slots, so K-FAC's curvature scale is not the Hessian's (EK-FAC refits the
+eigenvalues on per-example gradients). The true-Fisher factors sample a text for the pair's row
+and an image for its column from the model's own softmax (``sample=True``).
 
 **Sign and scale convention** (the kit's, docs/math.md §5-§6, :mod:`ecif.core.influence`):
 ``IS(k) ~ L_val(theta_hat_{-k}) - L_val(theta_hat)``, negative = harmful, with the ``1/n`` of the
