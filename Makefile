@@ -32,7 +32,7 @@ help:
 	@echo "make repro   - set up $(VENV) if needed, dvc pull, dvc repro, print where the reports are"
 	@echo "make class   - class mode: the core notebooks 01-05 with small settings, about a minute (README \"Class mode\")"
 	@echo "make test    - set up $(VENV) if needed, run pytest (extra args: PYTEST_ARGS='-m \"not slow\"')"
-	@echo "make setup   - only create/update $(VENV) (requirements.lock: torch==2.14.1, .[kit,test]; kernel ecif)"
+	@echo "make setup   - only create/update $(VENV) (requirements.lock: torch==2.14.1, .[kit,test,peers]; kernel ecif)"
 	@echo "make plots   - dvc plots show with the offline HTML template -> $(PLOTS_OUT)/index.html"
 	@echo "make lab     - open JupyterLab at the repository root (sources in notebooks/, executed reports in reports/), on notebook 00"
 	@echo "make lock    - re-resolve every dependency in a throw-away venv and rewrite requirements.lock"

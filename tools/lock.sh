@@ -4,7 +4,7 @@
 # and environment.yml).
 #
 #   tools/lock.sh            resolve afresh: a throw-away venv gets the pinned torch wheels and
-#                            `.[kit,test]` without constraints (the newest compatible releases),
+#                            `.[kit,test,peers]` without constraints (the newest compatible releases),
 #                            is frozen, then removed. This is `make lock`; it needs the package
 #                            registry and takes a few minutes.
 #   tools/lock.sh VENV       freeze an existing venv as it is (e.g. .venv after a hand-made
@@ -29,7 +29,7 @@ else
     echo "[lock] resolving in a throw-away venv: $venv"
     "$PYTHON" -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${TORCH_PINS[@]}"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[kit,test]' "${TORCH_PINS[@]}"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[kit,test,peers]' "${TORCH_PINS[@]}"
 fi
 
 frozen="$("$venv/bin/python" -m pip freeze --exclude-editable --disable-pip-version-check)"

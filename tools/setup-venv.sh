@@ -4,7 +4,7 @@
 #   tools/setup-venv.sh            (what `make setup`, `make repro` and `make test` run)
 #
 # Steps: python3 -m venv .venv (if missing) -> pip install the pinned torch pair (if not
-# already that version) -> pip install -e '.[kit,test]' -> register the Jupyter kernel `ecif`
+# already that version) -> pip install -e '.[kit,test,peers]' -> register the Jupyter kernel `ecif`
 # inside the venv (python -m ecif.kit.kernel: it starts in the repository root). Every pip
 # install is constrained by requirements.lock (`-c`), which pins every package of the
 # environment to one version (refresh it with `make lock`). A stamp file
@@ -81,8 +81,8 @@ else
     "${PIP[@]}" "${TORCH_PINS[@]}"
 fi
 
-echo "[setup] installing the kit: pip install -c $LOCK -e '.[kit,test]'"
-"${PIP[@]}" --quiet -e '.[kit,test]' "${TORCH_PINS[@]}"
+echo "[setup] installing the kit: pip install -c $LOCK -e '.[kit,test,peers]'"
+"${PIP[@]}" --quiet -e '.[kit,test,peers]' "${TORCH_PINS[@]}"
 
 echo "[setup] registering Jupyter kernel '$KERNEL_NAME' in $VENV"
 # ecif.kit.kernel: an ipykernel that starts in the repository root, so notebooks opened in Lab

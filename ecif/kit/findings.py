@@ -142,6 +142,28 @@ def loo_findings(stats: dict) -> list[str]:
     return out
 
 
+def peers_findings(stats: dict, peers, kit: str = "ecif", target: str = "positive") -> list[str]:
+    """Stage peers: each peer's agreement with leave-one-out retraining (all and clean pairs)
+    and detection AUROC, against the kit's ``target`` variant (the quantity a per-example
+    library targets) and ``kit`` (ECIF); ``stats`` maps a method to
+    :func:`ecif.experiments.peers.agreement`."""
+    peers = list(peers)
+    best = max(peers, key=lambda m: stats[m]["spearman"])
+    k, t = stats[kit], stats[target]
+    out = [f"Best peer against retraining: {best}, Spearman {stats[best]['spearman']:.3f} (Pearson "
+           f"{stats[best]['pearson']:.3f}); the kit's {target} variant {t['spearman']:.3f}, ECIF {k['spearman']:.3f}."]
+    for m in peers:
+        s = stats[m]
+        gap = s["spearman"] - t["spearman"]
+        where = "equal to" if abs(gap) < 5e-4 else f"{abs(gap):.3f} {'above' if gap > 0 else 'below'}"
+        out.append(f"{m}: Spearman {s['spearman']:.3f} on all pairs, {s['spearman_clean']:.3f} on clean pairs; "
+                   f"AUROC {s['auroc']:.3f}; {where} the {target} variant's Spearman.")
+    beat = [m for m in peers if stats[m]["auroc"] > k["auroc"]]
+    out.append(f"Detection AUROC over all train pairs: ECIF {k['auroc']:.3f}, {target} {t['auroc']:.3f}; "
+               + (f"{', '.join(beat)} beat{'s' if len(beat) == 1 else ''} ECIF." if beat else "no peer beats ECIF."))
+    return out
+
+
 def exercise_clean_only(table: pd.DataFrame, variant: str = "ecif") -> list[str]:
     """Exercise: Spearman of ``variant`` against ``actual`` on all sampled pairs, on the clean
     ones only and on the misaligned ones only."""

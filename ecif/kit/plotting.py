@@ -26,6 +26,12 @@ METHOD_COLOURS = {
     "oracle": "#000000",         # black: the misaligned pairs themselves
     "none": "#bdbdbd",           # light grey: nothing removed
     "clean": "#98df8a",          # light green: fitted on the true captions
+    # the peers (ecif/experiments/peers.py): indigo shades for kronfluence, olive for dattri
+    "kronfluence_ekfac": "#393b79",
+    "kronfluence_kfac": "#6b6ecf",
+    "kronfluence_identity": "#9c9ede",
+    "dattri_cg": "#637939",
+    "dattri_explicit": "#b5cf6b",
 }
 
 #: The four influence variants (one solve): a view of :data:`METHOD_COLOURS`.
@@ -131,7 +137,7 @@ def loo_scatter(table, variants=("ecif", "newton", "positive", "negative"), stat
             label="identity y = x",
         )
         ax.scatter(
-            actual[~bad], pred[~bad], s=18, color=VARIANT_COLORS.get(v), label="clean"
+            actual[~bad], pred[~bad], s=18, color=method_colour(v), label="clean"
         )
         ax.scatter(
             actual[bad], pred[bad], s=28, marker="x", color="black", label="misaligned"

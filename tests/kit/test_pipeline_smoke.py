@@ -129,6 +129,21 @@ def test_loo_metrics(smoke_run: Path) -> None:
 
 
 @pytest.mark.slow
+def test_peers_metrics(smoke_run: Path) -> None:
+    """Stage peers: every configured peer scored against the same LOO refits, times under time."""
+    m = _metrics(smoke_run, "peers")
+    for name in ("kronfluence_ekfac", "kronfluence_identity", "dattri_cg"):
+        for stat in ("pearson", "spearman", "pearson_clean", "spearman_clean"):
+            assert -1.0 <= m[f"peers.{name}.{stat}"] <= 1.0, (name, stat)
+        assert 0.0 <= m[f"peers.{name}.auroc"] <= 1.0
+        assert m[f"time.{name}_s"] > 0
+    assert not [k for k in m if k.startswith("peers.") and k.endswith("_s")]
+    # dattri's CG influence is the kit's positive variant: the same ranking of the LOO pairs
+    assert m["peers.dattri_cg.spearman"] == pytest.approx(_metrics(smoke_run, "loo")["loo.positive.spearman"],
+                                                          abs=0.05)
+
+
+@pytest.mark.slow
 def test_detection_metrics(smoke_run: Path) -> None:
     m = _metrics(smoke_run, "detect")
     assert m["detect_k"] == _metrics(smoke_run, "finetune")["fit.n_misaligned"]
