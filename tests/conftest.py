@@ -23,3 +23,16 @@ def test_set(tp):
 
     d = tp.data
     return ZeroShotSet(d.x_val, d.class_text, d.labels_val)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fail the test if anything opens a network connection: "fails fast" means the error comes
+    from local checks, before any download is tried (checked without a clock)."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"network access attempted: {args[1:] or kwargs}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)

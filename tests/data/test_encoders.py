@@ -1,6 +1,5 @@
 """Encoders: the offline default trains deterministically and beats chance; missing weights fail fast."""
 
-import time
 
 import numpy as np
 import pytest
@@ -48,11 +47,9 @@ def test_default_encoder_beats_chance_on_digits(tmp_path):
     assert acc > 0.8
 
 
-def test_missing_pretrained_weights_fail_fast(tmp_path):
-    t = time.time()
+def test_missing_pretrained_weights_fail_fast(tmp_path, no_network):
     with pytest.raises(E.WeightsUnavailableError, match="ViT-B-32 / laion2b_s34b_b79k.*local checkpoint"):
         E.load_pretrained("ViT-B-32", "laion2b_s34b_b79k", cache_dir=tmp_path)
-    assert time.time() - t < 60
     with pytest.raises(E.WeightsUnavailableError, match="does not exist"):
         E.load_pretrained("ViT-B-32", tmp_path / "missing.pt")
     with pytest.raises(ValueError, match="no pretrained tag"):

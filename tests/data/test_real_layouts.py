@@ -3,7 +3,6 @@
 missing files, folders and columns, each raised fast and naming what is missing."""
 
 import csv
-import time
 
 import numpy as np
 import pytest
@@ -75,15 +74,13 @@ def test_split_sizes_larger_than_the_set_are_refused(tmp_path):
 @pytest.mark.parametrize("name, sub", [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python"),
                                        ("food101", "food-101"), ("flowers102", "flowers-102"),
                                        ("fgvc_aircraft", "fgvc-aircraft-2013b"), ("dtd", "dtd/dtd")])
-def test_missing_torchvision_files_fail_fast(tmp_path, name, sub):
-    t = time.perf_counter()
+def test_missing_torchvision_files_fail_fast(tmp_path, name, sub, no_network):
     with pytest.raises(DatasetUnavailableError) as err:
         check_available(name, tmp_path / "data")
     msg = str(err.value)
     assert name in msg and sub in msg and str(tmp_path / "data" / name) in msg and "download=True" in msg
     with pytest.raises(DatasetUnavailableError):
         load_dataset(name, root=tmp_path / "data")
-    assert time.perf_counter() - t < 2
 
 
 def test_a_partly_copied_set_names_the_missing_file(tmp_path):
@@ -146,7 +143,6 @@ def test_caption_folder_errors(tmp_path):
     table = folder / "captions.csv"
     with open(table) as fh:
         rows = list(csv.reader(fh))[1:]
-    t = time.perf_counter()
     with pytest.raises(DatasetUnavailableError, match="caption folder 'nowhere' not found"):
         check_available("captions:nowhere", tmp_path)
     (folder / "img" / "0003.png").unlink()
@@ -159,6 +155,5 @@ def test_caption_folder_errors(tmp_path):
     table.unlink()
     with pytest.raises(DatasetUnavailableError, match="has no captions.csv"):
         check_available("captions:pairs", tmp_path)
-    assert time.perf_counter() - t < 2
     with pytest.raises(ValueError, match="give the folder"):
         check_available("captions:", tmp_path)
