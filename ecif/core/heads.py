@@ -54,6 +54,11 @@ class Parametrization:
     width: int
     n_params: int
     theta0: torch.Tensor
+    #: Whether :meth:`ContrastiveObjective.hvp` uses the structured product (forward mode through
+    #: :meth:`embed_jvp`, closed-form curvature of the batch similarities) or double backward.
+    #: The structured one pays when the map ``theta -> embeddings`` is cheap (projection heads);
+    #: through transformer blocks double backward is faster (:class:`ecif.core.blocks.BlockLoRA`).
+    structured_hvp: bool = True
 
     def prepare(self, x: torch.Tensor, y: torch.Tensor) -> Prepared:
         """Cache what does not depend on ``theta`` (shapes are checked by the objective)."""
@@ -70,6 +75,16 @@ class Parametrization:
         parametrizations below write it out (several times faster on the CPU)."""
         (u, w), (u_dot, w_dot) = jvp(lambda z: self.embed(z, data), (theta,), (v,))
         return u, w, u_dot, w_dot
+
+    def encode_images(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Unnormalised embeddings ``(n, e)`` of any image feature rows ``x (n, d_img)`` (not
+        only the objective's pairs): ``x W_img(theta)^T`` for projection heads."""
+        return x @ self.image_projection(theta).T
+
+    def encode_texts(self, theta: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Unnormalised embeddings ``(n, e)`` of any text feature rows ``y (n, d_txt)`` (class
+        prompts, other splits): ``y W_txt(theta)^T`` for projection heads."""
+        return y @ self.text_projection(theta).T
 
     def image_projection(self, theta: torch.Tensor) -> torch.Tensor:
         """The effective image projection ``W_img(theta)`` of shape ``(e, d_img)``."""

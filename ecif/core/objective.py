@@ -211,6 +211,8 @@ class ContrastiveObjective:
         problems and slower for one full batch of thousands of pairs (``python -m ecif.experiments.bench``
         prints both as ``hvp_s``, ``hvp_autograd_s``).
         """
+        if not self.param.structured_hvp:
+            return self.hvp_autograd(theta, v)  # includes the regulariser (it differentiates the loss)
         v = torch.as_tensor(v, dtype=DTYPE, device=self.device)
         th = theta.detach().to(DTYPE).requires_grad_(True)
         u, w, u_dot, w_dot = self._normalised_jvp(*self.param.embed_jvp(th, v, self.data))

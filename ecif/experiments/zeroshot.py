@@ -70,8 +70,8 @@ class ZeroShotSet:
                 f"feature widths ({x.shape[1]}, {c.shape[1]}) do not match the parametrization "
                 f"({param.d_img}, {param.d_txt})."
             )
-        u = x @ param.image_projection(theta).T
-        v = c @ param.text_projection(theta).T
+        u = param.encode_images(theta, x)
+        v = param.encode_texts(theta, c)
         u = u / u.norm(dim=1, keepdim=True)
         v = v / v.norm(dim=1, keepdim=True)
         return torch.exp(param.log_scale(theta)) * u @ v.T
