@@ -179,7 +179,10 @@ def fit(objective, theta_init: torch.Tensor | None = None, gtol: float = 1e-9, m
     if method == "auto":
         # with a preconditioner the fit is a warm-started refit: if the fixed Hessian stalls,
         # matrix-free Newton-CG steps are far cheaper than rebuilding a dense Hessian
-        method = "newton" if objective.n_params <= 3000 and preconditioner is None else "newton-cg"
+        # and a parametrization whose Hessian is expensive (block mode: each column is a double
+        # backward through transformer blocks) is fitted matrix-free whatever its size
+        cheap = getattr(getattr(objective, "param", None), "structured_hvp", True)
+        method = "newton" if objective.n_params <= 3000 and preconditioner is None and cheap else "newton-cg"
     if method not in ("newton", "newton-cg"):
         raise ValueError(f"unknown fit method {method!r}; choose 'newton', 'newton-cg' or 'auto'.")
     if not gtol > 0:

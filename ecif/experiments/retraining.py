@@ -100,14 +100,17 @@ def sample_loo_pairs(mask, n_pairs: int, n_misaligned: int, seed: int) -> np.nda
 
 def loo_experiment(objective, val_objective, theta_hat: torch.Tensor, indices, *, mask=None,
                    gtol: float = 1e-9, max_iter: int = 200, method: str = "auto",
-                   variants=VARIANTS, client=None, progress: bool = True) -> tuple[pd.DataFrame, dict]:
+                   variants=VARIANTS, client=None, progress: bool = True,
+                   solver: str = "dense") -> tuple[pd.DataFrame, dict]:
     """Predicted influence against leave-one-out retraining for the pairs ``indices``.
 
-    Computes ECIF from scratch (dense Hessian at ``theta_hat``, one solve, every pair scored:
-    that is the timed ``ecif_all_pairs_s``), then retrains ``L_{-k}`` for each ``k`` in
-    ``indices`` with :func:`loo_val_changes` (warm start, the influence solver as
-    preconditioner, ``gtol``, ``max_iter`` and fallback ``method`` as in :func:`retrain`); with a
-    Dask ``client`` the refits run as tasks (same results, see :func:`loo_val_changes`).
+    Computes ECIF from scratch (``solver``: ``"dense"`` Hessian at ``theta_hat`` or matrix-free
+    ``"cg"``; one solve, every pair scored: that is the timed ``ecif_all_pairs_s``), then
+    retrains ``L_{-k}`` for each ``k`` in ``indices`` with :func:`loo_val_changes` (warm start,
+    ``gtol``, ``max_iter`` and fallback ``method`` as in :func:`retrain`; with the dense solver it
+    is the refits' preconditioner, a CG solver is not: each preconditioned step would cost a
+    full solve, more than a Newton-CG step); with a Dask ``client`` the refits run as tasks (same
+    results, see :func:`loo_val_changes`).
 
     Returns ``(table, info)``: a DataFrame with one row per pair, the columns
     :data:`LOO_COLUMNS` plus ``misaligned`` (from ``mask``, ``False`` without one) and one
@@ -116,12 +119,13 @@ def loo_experiment(objective, val_objective, theta_hat: torch.Tensor, indices, *
     solver report, the influence scores of *all* pairs (``scores``) and ``val_loss``.
     """
     start = time.perf_counter()
-    engine = ECIF(objective, theta_hat, solver="dense", damping=0.0)
+    engine = ECIF(objective, theta_hat, solver=solver, damping=0.0)
     scores = engine.influence_scores(validation_gradient(val_objective, theta_hat), variants)
     ecif_seconds = time.perf_counter() - start
 
     table = loo_val_changes(objective, theta_hat, val_objective, indices, gtol=gtol, max_iter=max_iter,
-                            method=method, preconditioner=engine.solver, client=client, progress=progress)
+                            method=method, preconditioner=engine.solver if solver == "dense" else None,
+                            client=client, progress=progress)
     pairs = table["pair"].to_numpy()
     mask = np.zeros(objective.n, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
     table.insert(1, "misaligned", mask[pairs])

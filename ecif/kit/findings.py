@@ -110,13 +110,20 @@ def finetune_findings(metrics: dict, lam: float) -> list[str]:
     return out
 
 
-def exercise_lam(problem_lam: float, hessian, lam_new: float) -> list[str]:
+def exercise_lam(problem_lam: float, curvature, lam_new: float) -> list[str]:
     """Exercise: at the same θ̂, λ adds ``λ I`` to the Hessian, so every eigenvalue moves by the
-    change of λ; the check recomputes the eigenvalues of ``H - (λ - λ_new) I``."""
+    change of λ. ``curvature``: the dense Hessian, or :func:`ecif.kit.problem.curvature`'s dict;
+    with a dense Hessian the check recomputes the eigenvalues of ``H - (λ - λ_new) I``, without
+    one (block mode) it shifts the Lanczos estimate of the smallest eigenvalue."""
     import torch
-    h = torch.as_tensor(hessian, dtype=torch.float64)
-    lo = float(torch.linalg.eigvalsh(h)[0])
-    shifted = float(torch.linalg.eigvalsh(h - (problem_lam - lam_new) * torch.eye(h.shape[0], dtype=h.dtype))[0])
+    if isinstance(curvature, dict) and curvature.get("hessian") is None:
+        lo = float(curvature["min_eigenvalue"])
+        shifted = lo - (problem_lam - lam_new)
+    else:
+        hessian = curvature["hessian"] if isinstance(curvature, dict) else curvature
+        h = torch.as_tensor(hessian, dtype=torch.float64)
+        lo = float(torch.linalg.eigvalsh(h)[0])
+        shifted = float(torch.linalg.eigvalsh(h - (problem_lam - lam_new) * torch.eye(h.shape[0], dtype=h.dtype))[0])
     state = ("still a strict minimum" if shifted > 0 else
              "no longer a strict minimum, which the inverse Hessian of influence functions needs")
     return [f"smallest eigenvalue at lam = {problem_lam:g}: {lo:.4g}; at lam = {lam_new:g} (same θ̂): {shifted:.4g}, "

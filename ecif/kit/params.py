@@ -301,6 +301,13 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "centre": Flag("subtract the pretrain split's feature means inside the frozen map (docs/math.md §13)",
                        True, hint="true for pretrained CLIP features (a large shared direction); the embedded "
                        "encoder was trained on uncentred features"),
+        "mode": Choice("where the LoRA adapters sit: head = the two final projections over frozen pooled features; "
+                       "blocks = also inside the last finetune.blocks transformer blocks of both towers", ("head", "blocks"),
+                       "head"),
+        "blocks": Int("transformer blocks adapted per tower (finetune.mode: blocks)", 1, ge=0),
+        "targets": ListOf("matrices adapted in each block (finetune.mode: blocks): attn = q, k, v, o; qv = q and v "
+                          "only; mlp = the two MLP layers", Choice("a target group", ("attn", "qv", "mlp"), "qv"),
+                          ["qv"], unique=True),
     },
     "loo": {
         "n_pairs": Int("pairs retrained without (leave-one-out ground truth)", 40, ge=2),

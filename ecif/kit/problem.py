@@ -25,17 +25,22 @@ import torch
 
 from ecif.core.batching import BatchingProtocol
 from ecif.core.fit import diagnose
+from ecif.core.blocks import BlockLoRA
 from ecif.core.heads import LoRAHeads
 from ecif.core.terms import DTYPE
 from ecif.core.influence import ECIF
 from ecif.core.objective import ContrastiveObjective
-from ecif.core.solvers import DenseSolver
+from ecif.core.solvers import DenseSolver, lanczos_extremes
 from ecif.data.features import load_features
 from ecif.experiments.zeroshot import ZeroShotSet
 from ecif.kit.files import read_json, write_json
 
-__all__ = ["FitSettings", "Fitted", "Problem", "as_tensor", "build_problem", "centring_means", "fit_corrupted",
-           "load_fit", "not_converged_message", "save_fit"]
+__all__ = ["FitSettings", "Fitted", "MODES", "Problem", "as_tensor", "build_problem", "centring_means", "curvature",
+           "extract_and_save", "fit_corrupted", "load_fit", "not_converged_message", "save_fit"]
+
+#: ``finetune.mode``: LoRA on the two final projections over frozen pooled features (``head``),
+#: or LoRA inside the last transformer blocks of both towers plus the projections (``blocks``).
+MODES = ("head", "blocks")
 
 
 def as_tensor(a, device="cpu") -> torch.Tensor:
@@ -65,7 +70,7 @@ class Problem:
     fed to this problem's model (:meth:`centre_features`).
     """
 
-    param: LoRAHeads
+    param: LoRAHeads | BlockLoRA
     objective: ContrastiveObjective
     val: ContrastiveObjective
     batching: BatchingProtocol
@@ -133,8 +138,15 @@ def build_problem(
     batching: BatchingProtocol | None = None,
     centre: bool = False,
     device: str = "cpu",
+    targets=("qv",),
 ) -> Problem:
     """Objective ``L`` (LoRA rank ``rank`` on the saved projections) and ``L_val`` from features.
+
+    The mode is the features' (``features.json`` ``mode``, written by :func:`extract_and_save`):
+    ``head`` features are pooled pre-projection features and the parametrization is
+    :class:`~ecif.core.heads.LoRAHeads`; ``blocks`` features are the rows of
+    :mod:`ecif.core.blocks` and the parametrization is :class:`~ecif.core.blocks.BlockLoRA` on
+    the saved suffix (``suffix.pt``) with adapters on ``targets`` (``finetune.targets``).
 
     ``n_train`` keeps only the first ``n_train`` train pairs (tiny smoke runs). The training
     batching protocol is drawn from ``seed`` (unless given), the validation one from ``seed + 1``.
@@ -151,7 +163,12 @@ def build_problem(
     """
     device = _check_device(device)
     feats = load_features(features_dir)
+    mode = feats["meta"].get("mode", "head")
     centre_split, centring = None, None
+    if centre and mode == "blocks":
+        raise ValueError("finetune.centre: true shifts pooled features; block features are token activations entering "
+                         "the adapted blocks, where a shift would change the model. Fix: finetune.centre: false with "
+                         "finetune.mode: blocks.")
     if centre:
         mu_img, mu_txt, centre_split = centring_means(feats)
         centring = (mu_img, mu_txt)
@@ -166,13 +183,20 @@ def build_problem(
         x, y, mask = x[:n_train], y[:n_train], mask[:n_train]
         y_clean = None if y_clean is None else y_clean[:n_train]
     n = len(x)
-    param = LoRAHeads(
-        as_tensor(feats["W_img"], device),
-        as_tensor(feats["W_txt"], device),
-        float(feats["log_logit_scale"]),
-        rank=rank,
-        seed=seed,
-    )
+    if mode == "blocks":
+        from ecif.data.block_features import load_suffix
+
+        image, text = load_suffix(Path(features_dir) / "suffix.pt")
+        param = BlockLoRA(image, text, float(feats["log_logit_scale"]), rank=rank, targets=tuple(targets), seed=seed,
+                          device=device)
+    else:
+        param = LoRAHeads(
+            as_tensor(feats["W_img"], device),
+            as_tensor(feats["W_txt"], device),
+            float(feats["log_logit_scale"]),
+            rank=rank,
+            seed=seed,
+        )
     bp = batching if batching is not None else BatchingProtocol.from_seed(n, batch_size, seed)
     objective = ContrastiveObjective(param, as_tensor(x, device), as_tensor(y, device), bp, lam=lam)
     n_val = len(feats["x_val"])
@@ -194,10 +218,51 @@ def build_problem(
         "centre": bool(centre),
         "centre_split": centre_split,
         "device": device,
+        "mode": mode,
     }
+    if mode == "blocks":
+        config.update(targets=list(targets), blocks=int(feats["meta"]["blocks"]["n_blocks"]))
     return Problem(param=param, objective=objective, val=val, batching=bp, mask=mask, test_set=test_set,
                    config=config, centring=centring,
                    y_train_clean=None if y_clean is None else as_tensor(y_clean, device))
+
+
+def extract_and_save(features_dir: str | Path, model, tokenizer, dataset, corruption=None, *, mode: str = "head",
+                     blocks: int = 1) -> dict:
+    """Encode every split for ``mode`` and write the features to ``features_dir``: pooled
+    pre-projection features (``head``, :func:`ecif.data.features.extract_features`) or block
+    rows plus the suffix ``suffix.pt`` (``blocks``, the last ``blocks`` blocks of each tower
+    adapted, :func:`ecif.data.block_features.extract_block_features`). Returns the features."""
+    from ecif.data.features import extract_features, save_features
+
+    if mode not in MODES:
+        raise ValueError(f"finetune.mode must be one of {MODES}, got {mode!r}.")
+    if mode == "head":
+        feats = extract_features(model, tokenizer, dataset, corruption=corruption, progress=False)
+        save_features(features_dir, feats)
+        return feats
+    from ecif.data.block_features import extract_block_features, save_suffix
+
+    feats = extract_block_features(model, tokenizer, dataset, blocks, corruption=corruption)
+    image, text = feats.pop("suffix")
+    save_features(features_dir, feats)
+    save_suffix(Path(features_dir) / "suffix.pt", image, text)
+    return feats
+
+
+def curvature(problem: Problem, theta: torch.Tensor, iters: int = 60) -> dict:
+    """The Hessian of ``L`` at ``theta`` as the stages use it: ``{"hessian", "min_eigenvalue",
+    "max_eigenvalue", "method"}``. Head mode: the dense Hessian and its exact extreme
+    eigenvalues (``method`` ``"dense"``). Block mode: no dense Hessian (``None``); the extremes
+    from ``iters`` Lanczos steps on exact Hessian-vector products (``"lanczos"``, the smallest
+    one is an upper bound of the true smallest)."""
+    if problem.config.get("mode", "head") == "head":
+        h = problem.objective.hessian(theta)
+        eig = torch.linalg.eigvalsh(h)
+        return {"hessian": h, "min_eigenvalue": float(eig[0]), "max_eigenvalue": float(eig[-1]), "method": "dense"}
+    lo, hi = lanczos_extremes(lambda v: problem.objective.hvp(theta, v), problem.param.n_params, iters,
+                              device=problem.objective.device)
+    return {"hessian": None, "min_eigenvalue": lo, "max_eigenvalue": hi, "method": f"lanczos ({iters} steps)"}
 
 
 def save_fit(
@@ -230,11 +295,18 @@ class Fitted:
     report: dict
     hessian: torch.Tensor | None
 
+    @property
+    def solver_kind(self) -> str:
+        """``"dense"`` (head mode: the saved Hessian, or one computed here) or ``"cg"`` (block mode:
+        matrix-free conjugate gradient on exact Hessian-vector products, no dense Hessian)."""
+        return "dense" if self.hessian is not None or self.problem.config.get("mode", "head") == "head" else "cg"
+
     def engine(self, damping: float = 0.0) -> ECIF:
-        """The influence engine at ``theta_hat``: a dense solver on the saved Hessian (computed
-        here when none was saved), damping ``mu = damping``."""
-        solver = DenseSolver(self.hessian, damping) if self.hessian is not None else "dense"
-        return ECIF(self.problem.objective, self.theta_hat, solver=solver, damping=damping)
+        """The influence engine at ``theta_hat``, damping ``mu = damping``: a dense solver on the
+        saved Hessian (computed here when none was saved) in head mode, CG in block mode."""
+        if self.hessian is not None:
+            return ECIF(self.problem.objective, self.theta_hat, solver=DenseSolver(self.hessian, damping), damping=damping)
+        return ECIF(self.problem.objective, self.theta_hat, solver=self.solver_kind, damping=damping)
 
 
 def load_fit(fit_dir: str | Path, device: str | None = None) -> Fitted:
@@ -255,6 +327,7 @@ def load_fit(fit_dir: str | Path, device: str | None = None) -> Fitted:
         seed=cfg["seed"],
         n_train=cfg["n_train"],
         centre=cfg.get("centre", False),  # fits saved before centring existed were uncentred
+        targets=cfg.get("targets", ("qv",)),
         batching=BatchingProtocol(np.load(fit_dir / "batching.npy", allow_pickle=False)),
         device=device,
     )
@@ -275,7 +348,9 @@ class FitSettings:
     the contrastive loss (``None``: one batch); ``seed``: LoRA init and batching protocol;
     ``gtol``, ``max_iter``, ``method``: the fit (:func:`ecif.core.fit.fit`); ``n_train``: keep
     only the first ``n_train`` train pairs (``None``: all); ``centre``: centre the features with
-    the pretrain means (:func:`build_problem`, docs/math.md §13).
+    the pretrain means (:func:`build_problem`, docs/math.md §13); ``mode``, ``blocks``,
+    ``targets``: ``finetune.mode`` (``head`` or ``blocks``), how many blocks per tower and which
+    of their matrices get adapters in block mode (:func:`extract_and_save`).
     """
 
     rank: int = 1
@@ -287,11 +362,14 @@ class FitSettings:
     method: str = "newton-cg"
     n_train: int | None = None
     centre: bool = False
+    mode: str = "head"
+    blocks: int = 1
+    targets: tuple = ("qv",)
 
     def problem_kwargs(self) -> dict:
         """The keyword arguments of :func:`build_problem`."""
         d = asdict(self)
-        return {k: d[k] for k in ("rank", "lam", "batch_size", "seed", "n_train", "centre")}
+        return {k: d[k] for k in ("rank", "lam", "batch_size", "seed", "n_train", "centre", "targets")}
 
 
 def not_converged_message(problem: Problem, res, settings: FitSettings) -> str:
@@ -341,14 +419,13 @@ def fit_corrupted(
     from ecif.core.fit import fit
     from ecif.data.datasets import load_dataset
     from ecif.data.encoders import load_encoder
-    from ecif.data.features import extract_features, save_features
     from ecif.data.noise import inject
 
     t0 = time.perf_counter()
     ds = load_dataset(dataset, root=data_root)
     corruption = inject(ds["train"], kind, rate, noise_seed, systematic=systematic)
     model, tokenizer, _ = load_encoder(encoder, encoder_dir, device=device)
-    save_features(features_dir, extract_features(model, tokenizer, ds, corruption=corruption, progress=False))
+    extract_and_save(features_dir, model, tokenizer, ds, corruption, mode=settings.mode, blocks=settings.blocks)
     features_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -356,17 +433,17 @@ def fit_corrupted(
     res = fit(problem.objective, gtol=settings.gtol, max_iter=settings.max_iter, method=settings.method)
     if not res.converged:
         raise RuntimeError(not_converged_message(problem, res, settings))
-    hessian = problem.objective.hessian(res.theta)
+    curv = curvature(problem, res.theta)
     fit_s = time.perf_counter() - t0
     info = {
         "n_train": problem.n,
         "n_misaligned": int(problem.mask.sum()),
         "fit_grad_norm": res.grad_norm,
         "fit_converged": bool(res.converged),
-        "min_eigenvalue": float(torch.linalg.eigvalsh(hessian)[0]),
+        "min_eigenvalue": curv["min_eigenvalue"],
         "zero_shot_base": _zero_shot(problem, problem.param.theta0),
         "zero_shot_fitted": _zero_shot(problem, res.theta),
         "features_s": features_s,
         "fit_s": fit_s,
     }
-    return Fitted(problem, res.theta, res.summary(), hessian), info
+    return Fitted(problem, res.theta, res.summary(), curv["hessian"]), info

@@ -70,3 +70,17 @@ def test_solver_argument_errors():
     obj = tiny_objective()
     with pytest.raises(ValueError, match="unknown solver"):
         make_solver(obj, random_theta(obj), "lissa")
+
+
+def test_lanczos_extremes_match_the_dense_eigenvalues():
+    from ecif.core.solvers import lanczos_extremes
+
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(120, 120, generator=g, dtype=torch.float64))
+    evals = torch.cat([torch.tensor([-0.5, 0.01], dtype=torch.float64), torch.linspace(0.2, 3.0, 117, dtype=torch.float64),
+                       torch.tensor([9.0], dtype=torch.float64)])
+    h = q @ torch.diag(evals) @ q.T
+    lo, hi = lanczos_extremes(lambda v: h @ v, 120, iters=60)
+    assert lo == pytest.approx(-0.5, abs=1e-8) and hi == pytest.approx(9.0, abs=1e-8)
+    lo, hi = lanczos_extremes(lambda v: h @ v, 120, iters=5)  # few steps: inside the spectrum
+    assert -0.5 <= lo and hi <= 9.0 + 1e-12

@@ -48,6 +48,11 @@ def test_exercise_lam_shifts_every_eigenvalue():
     out = findings.exercise_lam(0.1, h, 0.0)[0]
     assert "0.3;" in out and "0.2," in out and "still a strict minimum" in out
     assert "no longer" in findings.exercise_lam(0.5, h, 0.0)[0]
+    # block mode: no dense Hessian, the Lanczos estimate of the smallest eigenvalue is shifted
+    out = findings.exercise_lam(0.3, {"hessian": None, "min_eigenvalue": 0.35, "max_eigenvalue": 9.0}, 0.0)[0]
+    assert "0.35;" in out and "0.05," in out and "still a strict minimum" in out
+    assert "no longer" in findings.exercise_lam(0.5, {"hessian": None, "min_eigenvalue": 0.35}, 0.0)[0]
+    assert findings.exercise_lam(0.1, {"hessian": h, "min_eigenvalue": 0.3}, 0.0) == findings.exercise_lam(0.1, h, 0.0)
 
 
 def test_loo_findings_rank_and_role_gain():
