@@ -432,7 +432,22 @@ def _captions_only_shuffle(params: dict) -> str | None:
     return None
 
 
+def _block_mode_settings(params: dict) -> str | None:
+    f = _group(params, "finetune")
+    if f.get("mode") != "blocks":
+        return None
+    targets = f.get("targets") or []
+    if isinstance(targets, list) and "attn" in targets and "qv" in targets:
+        return ("finetune.targets lists both attn and qv, but attn already adapts q and v. Fix: keep one of them, "
+                "e.g. finetune.targets: [qv].")
+    if f.get("centre") is True:
+        return ("finetune.centre: true shifts pooled features, but finetune.mode: blocks adapts token activations "
+                "inside the encoder, where a shift would change the model. Fix: finetune.centre: false.")
+    return None
+
+
 CROSS_CHECKS = (
+    _Cross(("finetune.mode", "finetune.targets", "finetune.centre"), _block_mode_settings),
     _Cross(("loo.n_pairs", "loo.n_misaligned"), _misaligned_within("loo")),
     _Cross(("ablation.n_pairs", "ablation.n_misaligned"), _misaligned_within("ablation")),
     _Cross(("noise.kind", "common.dataset"), _swap_needs_compositional),

@@ -101,6 +101,16 @@ def test_cross_checks(good: dict) -> None:
     assert "common.dataset = 'digits'" in msg and "Fix:" in msg
     good["common"]["dataset"] = "shapes"
     assert problems_with(good, "noise", "kind", "attribute_swap") == []
+    # block mode: overlapping targets and centring are refused with the fix; head mode ignores them
+    good["finetune"]["targets"] = ["attn", "qv"]
+    assert P.validate(good) == []
+    (msg,) = problems_with(good, "finetune", "mode", "blocks")
+    assert "attn already adapts q and v" in msg and "Fix:" in msg
+    good["finetune"]["targets"] = ["qv", "mlp"]
+    assert problems_with(good, "finetune", "mode", "blocks") == []
+    good["finetune"]["centre"] = True
+    (msg,) = problems_with(good, "finetune", "mode", "blocks")
+    assert "finetune.centre: false" in msg
 
 
 def test_empty_groups_and_missing_groups(good: dict) -> None:
