@@ -72,3 +72,28 @@ def test_offset_ratio_and_diagnosis():
     assert f"{top:.3g}" in plain  # the power iteration finds the largest eigenvalue
     shifted = type(obj)(obj.param, obj._x + 50.0 * obj._x.norm(dim=1).mean(), obj._y, obj.batching, lam=0.1)
     assert "common offset" in diagnose(shifted, obj.theta0)
+
+
+def test_subsample_start_reaches_the_same_optimum_and_reports_progress():
+    """fit(subsample=...) fits the first batches first, then the whole objective: the same
+    optimum as a plain fit; progress lines name each stage's n and end at the full n."""
+    obj = tiny_objective("lora", n=48, batch_size=6, lam=1.0)
+    plain = fit(obj, gtol=1e-10, method="newton-cg")
+    steps = []
+    staged = fit(obj, gtol=1e-10, method="newton-cg", subsample=10, progress=steps.append)
+    assert plain.converged and staged.converged
+    assert torch.allclose(staged.theta, plain.theta, atol=1e-8)
+    ns = [r["n"] for r in steps]
+    assert ns[0] == 12 and ns[-1] == 48 and sorted(ns) == ns
+    assert steps[-1]["grad_norm"] == staged.grad_norm
+
+
+def test_batch_subset_keeps_whole_batches():
+    obj = tiny_objective("lora", n=48, batch_size=6)
+    sub = obj.batch_subset(13)
+    assert sub.n == 18 and sub.batching.n_batches == 3 and sub.lam == obj.lam
+    ids = obj.batching.batch_ids
+    rows = ids < 3
+    assert torch.equal(sub._x, obj._x[torch.as_tensor(rows)])
+    with pytest.raises(ValueError, match="removed"):
+        obj.without([0]).batch_subset(10)
