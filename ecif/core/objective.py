@@ -149,19 +149,18 @@ class ContrastiveObjective:
 
     def batch_subset(self, n_pairs: int) -> "ContrastiveObjective":
         """The objective of the pairs in the first batches of the protocol, about ``n_pairs`` of
-        them (whole batches, at least one): same parametrization, batches and ``lam``, with its
-        own ``1/n_sub``. A cheap stand-in for the full objective (the protocol's batches are a
-        random partition, so the first ones are a random subsample), e.g. to start a fit
-        (:func:`ecif.core.fit.fit`'s ``subsample``). Not defined once pairs are removed."""
-        if self.removed.size:
-            raise ValueError("batch_subset is defined for the full objective, not one with removed pairs.")
+        them (whole batches, at least one): same parametrization, batches, removed pairs and
+        ``lam``, with its own ``1/n_sub``. A cheap stand-in for the full objective (the
+        protocol's batches are a random partition, so the first ones are a random subsample),
+        e.g. to start a fit (:func:`ecif.core.fit.fit`'s ``subsample``)."""
         sizes = self.batching.batch_sizes
-        m = max(1, int(np.searchsorted(np.cumsum(sizes), n_pairs)) + 1)
-        m = min(m, self.batching.n_batches)
+        m = min(max(1, int(np.searchsorted(np.cumsum(sizes), n_pairs)) + 1), self.batching.n_batches)
         rows = np.flatnonzero(self.batching.batch_ids < m)
+        removed = np.searchsorted(rows, self.removed[np.isin(self.removed, rows)])
         rows_t = torch.as_tensor(rows, device=self.device)
         return ContrastiveObjective(self.param, self._x[rows_t], self._y[rows_t],
-                                    BatchingProtocol(self.batching.batch_ids[rows]), self.lam)
+                                    BatchingProtocol(self.batching.batch_ids[rows]), self.lam,
+                                    remove=removed if removed.size else None)
 
     def with_lam(self, lam: float) -> "ContrastiveObjective":
         """The same objective with another regularisation strength."""

@@ -95,5 +95,7 @@ def test_batch_subset_keeps_whole_batches():
     ids = obj.batching.batch_ids
     rows = ids < 3
     assert torch.equal(sub._x, obj._x[torch.as_tensor(rows)])
-    with pytest.raises(ValueError, match="removed"):
-        obj.without([0]).batch_subset(10)
+    k = int(torch.as_tensor(rows).nonzero()[1])  # a pair of the subset
+    out = obj.without([k]).batch_subset(13)
+    assert out.n == 18 and out.removed.tolist() == [int(rows[:k].sum())]
+    assert float(out.loss(obj.theta0)) == pytest.approx(float(sub.without(out.removed).loss(obj.theta0)), abs=1e-14)
