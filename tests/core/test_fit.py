@@ -99,3 +99,12 @@ def test_batch_subset_keeps_whole_batches():
     out = obj.without([k]).batch_subset(13)
     assert out.n == 18 and out.removed.tolist() == [int(rows[:k].sum())]
     assert float(out.loss(obj.theta0)) == pytest.approx(float(sub.without(out.removed).loss(obj.theta0)), abs=1e-14)
+
+
+def test_preconditioned_newton_cg_reaches_the_same_optimum():
+    """fit(precondition=...) preconditions the Newton-CG solves with the spectrum of a
+    subsample's Hessian: same optimum to the tolerance, converged."""
+    obj = tiny_objective("lora", n=48, batch_size=6, lam=1.0)
+    plain = fit(obj, gtol=1e-10, method="newton-cg")
+    pre = fit(obj, gtol=1e-10, method="newton-cg", precondition=12)
+    assert pre.converged and torch.allclose(pre.theta, plain.theta, atol=1e-8)
