@@ -452,6 +452,18 @@ class BlockLoRA(Parametrization):
         return BlockPrepared(x=x, y=y, image=tower_inputs(x, self.image), text=tower_inputs(y_unique, self.text),
                              text_index=index)
 
+    def take(self, data: BlockPrepared, rows) -> BlockPrepared:
+        """The prepared pairs ``rows``: their image inputs and text indices; the distinct texts
+        stay as they are (each is still run once per evaluation)."""
+        img = data.image
+        cache = img.cache
+        if cache is not None:
+            cache = FirstBlockCache(*(getattr(cache, f)[rows] for f in ("a", "q", "k", "v")))
+        bias = img.bias if img.bias.shape[0] == 1 else img.bias[rows]
+        image = TowerInputs(img.h[rows], bias, img.pool[rows], None if img.query is None else img.query[rows], cache)
+        return BlockPrepared(x=data.x[rows], y=data.y[rows], image=image, text=data.text,
+                             text_index=data.text_index[rows])
+
     def encode_images(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Unnormalised image embeddings ``(n, e)`` of block feature rows ``x``."""
         self._check_rows(x, self.image, "image features")

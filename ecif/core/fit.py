@@ -19,6 +19,7 @@ change.
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -26,11 +27,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ecif.core.solvers import CGSolver
+from ecif.core.solvers import CGSolver, SpectralPreconditioner
 from ecif.core.terms import DTYPE, device_of
 
 __all__ = ["FitResult", "ConvergenceWarning", "diagnose", "fit", "offset_ratio"]
 
+SUBSAMPLE_GTOL = 1e-6  # gradient norm of the subsample stages of fit(subsample=...)
 OFFSET_WARN = 3.0  # offset ratio above which uncentred features are named as a cause (docs/math.md §13)
 
 
@@ -72,16 +74,16 @@ def _newton_direction_dense(objective, theta, g, reg):
     return -(evecs @ ((evecs.T @ g) / (evals + shift)))
 
 
-def _newton_direction_cg(objective, theta, g, gnorm, reg):
+def _newton_direction_cg(objective, theta, g, gnorm, reg, preconditioner=None):
     rtol = min(0.5, max(np.sqrt(gnorm), 1e-12))  # Eisenstat-Walker forcing term
     solver = CGSolver(lambda v: objective.hvp(theta, v), objective.n_params, damping=reg, rtol=rtol,
-                      max_iter=min(500, 2 * objective.n_params), strict=False)
+                      max_iter=min(500, 2 * objective.n_params), strict=False, preconditioner=preconditioner)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         d = solver.solve(-g)
     if float(d @ g) >= 0 or float(d.norm()) == 0.0:
         d = -g
-    return d
+    return d, solver.report.get("iterations", 0)
 
 
 def _collapse_hint(objective, theta) -> str:
@@ -148,9 +150,25 @@ def diagnose(objective, theta) -> str:
     return _collapse_hint(objective, theta) + _offset_hint(objective) + _curvature_hint(objective, theta)
 
 
+def _progress_reporter(progress, gtol: float):
+    """``None`` for no progress, else a callable taking one step's fields (see :func:`fit`)."""
+    if progress is None or progress is False:
+        return None
+    if callable(progress):
+        return progress
+
+    def line(r):
+        print(f"fit (n = {r['n']}) step {r['step']}: loss {r['loss']:.10g}, |grad| {r['grad_norm']:.2e} (gtol {gtol:.0e}), "
+              f"{r['cg_iterations']} CG iterations, step {r['step_length']:.3g}, {r['seconds']:.1f} s",
+              file=sys.stderr, flush=True)
+
+    return line
+
+
 def fit(objective, theta_init: torch.Tensor | None = None, gtol: float = 1e-9, max_iter: int = 100,
         method: str = "auto", warn: bool = True, max_step: float = 1.0,
-        preconditioner=None) -> FitResult:
+        preconditioner=None, progress=None, subsample: int | None = None,
+        precondition: int | None = None) -> FitResult:
     """Minimise ``objective.loss`` from ``theta_init`` (default ``objective.theta0``).
 
     Parameters
@@ -175,6 +193,27 @@ def fit(objective, theta_init: torch.Tensor | None = None, gtol: float = 1e-9, m
         retraining warm-started: steps ``-H_hat^-1 grad`` need no new Hessian and converge
         linearly at a rate of order ``|R|/n``; the fit switches to true Newton steps when they
         stall.
+    progress:
+        ``None``/``False``: silent. ``True``: one line per Newton step on ``sys.stderr``
+        (step, loss, gradient norm against ``gtol``, CG iterations of the step, elapsed
+        seconds). A callable receives the same fields as a dict after every step.
+    subsample:
+        Start from a fit of a random subsample (for large ``n``): when ``objective.n >
+        4 * subsample`` and no ``theta_init`` is given, first fit the objective of its first
+        batches holding about ``n / 4`` pairs (``objective.batch_subset``, recursively with the
+        same ``subsample``, to ``max(gtol, SUBSAMPLE_GTOL)``: its optimum differs from the full
+        one by far more than that), then continue on the whole objective from
+        there. Its optimum is near the full one, so the costly full-size Newton steps are few;
+        the result is judged, as always, by the full objective's gradient norm. ``seconds``
+        and ``iterations`` count the full-size steps only; progress lines of a stage say its
+        ``n``.
+    precondition:
+        ``method="newton-cg"`` only, where ``objective.n >= 4 * precondition`` and ``lam > 0``:
+        precondition every CG solve of the Newton steps with one
+        :class:`~ecif.core.solvers.SpectralPreconditioner`, built at the starting point from
+        Lanczos on the Hessian of the objective's first batches holding about ``precondition``
+        pairs (``bulk = lam``). It changes how many Hessian-vector products a step takes,
+        not the steps' stopping rule (each solve is judged on the full system's residual).
     """
     if method == "auto":
         # with a preconditioner the fit is a warm-started refit: if the fixed Hessian stalls,
@@ -187,11 +226,25 @@ def fit(objective, theta_init: torch.Tensor | None = None, gtol: float = 1e-9, m
         raise ValueError(f"unknown fit method {method!r}; choose 'newton', 'newton-cg' or 'auto'.")
     if not gtol > 0:
         raise ValueError(f"gtol must be > 0, got {gtol}.")
+    report_fn = _progress_reporter(progress, gtol)
+    if (subsample is not None and theta_init is None and preconditioner is None
+            and hasattr(objective, "batch_subset") and objective.n > 4 * int(subsample)):
+        sub = objective.batch_subset(objective.n // 4)
+        theta_init = fit(sub, gtol=max(gtol, SUBSAMPLE_GTOL), max_iter=max_iter, method=method, warn=False,
+                         max_step=max_step, progress=report_fn, subsample=subsample,
+                         precondition=precondition).theta
     theta = (objective.theta0 if theta_init is None
              else torch.as_tensor(theta_init, device=device_of(objective.theta0))).to(DTYPE).clone()
     if theta.shape != (objective.n_params,):
         raise ValueError(f"theta_init must have shape ({objective.n_params},), got {tuple(theta.shape)}.")
     start = time.perf_counter()
+    pcg = None
+    if (precondition is not None and method == "newton-cg" and preconditioner is None
+            and hasattr(objective, "batch_subset") and objective.lam > 0
+            and objective.n >= 4 * int(precondition)):
+        sub, at = objective.batch_subset(int(precondition)), theta.clone()
+        pcg = SpectralPreconditioner(lambda v: sub.hvp(at, v), objective.n_params, bulk=objective.lam,
+                                     device=theta.device)
     f, g = objective.loss_and_gradient(theta)
     gnorm = float(g.norm())
     it = 0
@@ -199,14 +252,17 @@ def fit(objective, theta_init: torch.Tensor | None = None, gtol: float = 1e-9, m
     radius = float(max_step)  # trust radius on ||step||: keeps the fit in the local basin
     chord = preconditioner is not None
     chord_rate = None
+    report = report_fn
+    n_here = getattr(objective, "n", None)
     while gnorm > gtol and it < max_iter:
         it += 1
+        cg_it = 0
         if chord:
             d = -preconditioner.solve(g)
         elif method == "newton":
             d = _newton_direction_dense(objective, theta, g, reg)
         else:
-            d = _newton_direction_cg(objective, theta, g, gnorm, reg)
+            d, cg_it = _newton_direction_cg(objective, theta, g, gnorm, reg, pcg)
         dnorm = float(d.norm())
         if dnorm > radius:
             d = d * (radius / dnorm)
@@ -241,6 +297,9 @@ def fit(objective, theta_init: torch.Tensor | None = None, gtol: float = 1e-9, m
             reg = min(reg * 10.0, 1e6)
             radius = max(alpha * min(dnorm, radius), 1e-12)
         theta, f, g, gnorm = cand, f_new, g_new, new_gnorm
+        if report is not None:
+            report({"step": it, "n": n_here, "loss": float(f), "grad_norm": gnorm, "cg_iterations": cg_it,
+                    "step_length": alpha, "seconds": time.perf_counter() - start})
     result = FitResult(theta=theta.detach(), loss=float(f), grad_norm=gnorm, gtol=gtol, iterations=it,
                        converged=gnorm <= gtol, method=method, seconds=time.perf_counter() - start)
     if warn and not result.converged:

@@ -15,7 +15,7 @@ invariant to the scale of a projection, so a pull to zero has no minimum).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -63,6 +63,16 @@ class Parametrization:
     def prepare(self, x: torch.Tensor, y: torch.Tensor) -> Prepared:
         """Cache what does not depend on ``theta`` (shapes are checked by the objective)."""
         return Prepared(x=x, y=y)
+
+    def take(self, data: Prepared, rows) -> Prepared:
+        """The prepared data of the pairs ``rows`` (an index tensor, in any order and with repeats,
+        or a slice), contiguous: what :meth:`embed` needs for those pairs only (the objective
+        keeps a copy in batch order and embeds batch chunks of it)."""
+        out = {}
+        for f in fields(data):
+            v = getattr(data, f.name)
+            out[f.name] = None if v is None else v[rows].contiguous()
+        return type(data)(**out)
 
     def embed(self, theta: torch.Tensor, data: Prepared) -> tuple[torch.Tensor, torch.Tensor]:
         """Unnormalised embeddings ``(n, e)`` of images and texts."""

@@ -15,13 +15,14 @@ and the loss, gradient, Hessian-vector product and Hessian.
 
 from __future__ import annotations
 
+
 import numpy as np
 import torch
-from torch.func import grad, jacrev, jvp
+from torch.func import grad, jacrev
 
 from ecif.core import terms
 from ecif.core.batching import BatchingProtocol
-from ecif.core.heads import Parametrization
+from ecif.core.heads import Parametrization, Prepared
 from ecif.core.terms import DTYPE, TERMS
 
 __all__ = ["ContrastiveObjective"]
@@ -64,7 +65,7 @@ class ContrastiveObjective:
     """
 
     def __init__(self, param: Parametrization, x, y, batching: BatchingProtocol | None = None,
-                 lam: float = 0.0, remove=None):
+                 lam: float = 0.0, remove=None, _parent: "ContrastiveObjective | None" = None):
         # the features go where the parameters are (param.device): every computation runs there
         device = param.device
         x, y = _as_features(x, "x (image features)", device), _as_features(y, "y (text features)", device)
@@ -88,8 +89,17 @@ class ContrastiveObjective:
             raise ValueError(f"lam must be a finite number >= 0, got {lam}.")
         self.param, self.batching, self.lam, self.n = param, batching, float(lam), n
         self._x, self._y = x, y
-        self.data = param.prepare(x, y)
-        self.index, self.valid = batching.padded(device)
+        if _parent is not None:  # same param, features and batching: share the prepared data
+            self.data, self.index, self.valid, self._bdata = (_parent.data, _parent.index, _parent.valid,
+                                                              _parent._bdata)
+        else:
+            self.data = param.prepare(x, y)
+            self.index, self.valid = batching.padded(device)
+            # the prepared data once more in batch order (row ``m * b_max + i`` holds slot ``i`` of
+            # batch ``m``; padding repeats pair ``index[m, i] = 0``): every batch chunk is then a
+            # contiguous slice, with no gather per product
+            rows = self.index.reshape(-1)
+            self._bdata = param.take(self.data, rows)
         self.removed = self._check_remove(remove) if remove is not None else np.zeros(0, np.int64)
         removed_mask = torch.zeros(n, dtype=torch.bool, device=device)
         removed_mask[torch.as_tensor(self.removed, device=device)] = True
@@ -132,12 +142,27 @@ class ContrastiveObjective:
         """
         r = self._check_remove(remove)
         return ContrastiveObjective(self.param, self._x, self._y, self.batching, self.lam,
-                                    remove=np.union1d(self.removed, r))
+                                    remove=np.union1d(self.removed, r), _parent=self)
+
+    def batch_subset(self, n_pairs: int) -> "ContrastiveObjective":
+        """The objective of the pairs in the first batches of the protocol, about ``n_pairs`` of
+        them (whole batches, at least one): same parametrization, batches, removed pairs and
+        ``lam``, with its own ``1/n_sub``. A cheap stand-in for the full objective (the
+        protocol's batches are a random partition, so the first ones are a random subsample),
+        e.g. to start a fit (:func:`ecif.core.fit.fit`'s ``subsample``)."""
+        sizes = self.batching.batch_sizes
+        m = min(max(1, int(np.searchsorted(np.cumsum(sizes), n_pairs)) + 1), self.batching.n_batches)
+        rows = np.flatnonzero(self.batching.batch_ids < m)
+        removed = np.searchsorted(rows, self.removed[np.isin(self.removed, rows)])
+        rows_t = torch.as_tensor(rows, device=self.device)
+        return ContrastiveObjective(self.param, self._x[rows_t], self._y[rows_t],
+                                    BatchingProtocol(self.batching.batch_ids[rows]), self.lam,
+                                    remove=removed if removed.size else None)
 
     def with_lam(self, lam: float) -> "ContrastiveObjective":
         """The same objective with another regularisation strength."""
         return ContrastiveObjective(self.param, self._x, self._y, self.batching, lam,
-                                    remove=self.removed if self.removed.size else None)
+                                    remove=self.removed if self.removed.size else None, _parent=self)
 
     @property
     def n_params(self) -> int:
@@ -153,10 +178,55 @@ class ContrastiveObjective:
         return self.param.theta0
 
     # ------------------------------------------------------------------ similarities
+    #: Batches are processed in chunks of about this many similarity entries: every temporary
+    #: of a pass stays a few MiB (cache, allocator reuse), whatever ``n``. Whole-``n`` temporaries
+    #: cost a fresh zeroed mapping of every page per product and made one Hessian-vector
+    #: product grow faster than ``n``.
+    CHUNK_ENTRIES = 2**20
+
+    def _chunks(self) -> list[slice]:
+        """Consecutive slices of batches (rows of :attr:`index`), about :attr:`CHUNK_ENTRIES`
+        similarity entries each."""
+        b = self.index.shape[1]
+        step = max(1, self.CHUNK_ENTRIES // (b * b))
+        return [slice(lo, lo + step) for lo in range(0, self.index.shape[0], step)]
+
+    def _chunk_data(self, sl: slice) -> Prepared:
+        """The prepared data of the batches ``sl`` in slot order, rows ``(m * b_max, .)``
+        (contiguous views of the batch-ordered copy)."""
+        b = self.index.shape[1]
+        lo, hi = sl.start * b, min(sl.stop, self.index.shape[0]) * b
+        return self.param.take(self._bdata, slice(lo, hi))
+
+    def _batched(self, z: torch.Tensor, sl: slice) -> torch.Tensor:
+        """Rows ``(m * b_max, e)`` of a chunk as ``(m, b_max, e)``."""
+        return z.reshape(-1, self.index.shape[1], z.shape[-1])
+
     def embeddings(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised embeddings ``u (n, e)`` and ``v (n, e)``."""
         u, v = self.param.embed(theta, self.data)
         return u / u.norm(dim=1, keepdim=True), v / v.norm(dim=1, keepdim=True)
+
+    def _chunk_similarity(self, theta: torch.Tensor, sl: slice) -> torch.Tensor:
+        """``S`` of the batches ``sl``, ``(m, b_max, b_max)`` (see :meth:`similarity`)."""
+        u, v = self.param.embed(theta, self._chunk_data(sl))
+        u, v = u / u.norm(dim=1, keepdim=True), v / v.norm(dim=1, keepdim=True)
+        ub, vb = self._batched(u, sl), self._batched(v, sl)
+        return torch.exp(self.param.log_scale(theta)) * ub @ vb.transpose(1, 2)
+
+    def _chunk_embeddings_jvp(self, theta: torch.Tensor, v: torch.Tensor, sl: slice):
+        """For the batches ``sl``: the batched normalised embeddings ``U``, ``W`` and their
+        derivatives ``Udot``, ``Wdot`` along ``v``, each ``(m, b_max, e)``; differentiable in
+        ``theta``."""
+        return tuple(self._batched(z, sl) for z in self._normalised_jvp(
+            *self.param.embed_jvp(theta, v, self._chunk_data(sl))))
+
+    @staticmethod
+    def _s_sdot(sc, td, u, w, u_dot, w_dot):
+        """``S = s U W^T`` and ``Sdot = t_dot S + s (Udot W^T + U Wdot^T)`` (batched)."""
+        wt = w.transpose(1, 2)
+        s = (sc * u) @ wt
+        return s, td * s + sc * (u_dot @ wt + u @ w_dot.transpose(1, 2))
 
     def similarity(self, theta: torch.Tensor) -> torch.Tensor:
         """Scaled similarities ``S`` of every batch, shape ``(M, b_max, b_max)``, unmasked.
@@ -164,9 +234,7 @@ class ContrastiveObjective:
         ``S[m, i, j] = exp(t) <u_a, v_b>`` with ``a = index[m, i]``, ``b = index[m, j]``; padded
         and removed positions hold meaningless values (see :attr:`keep`).
         """
-        u, v = self.embeddings(theta)
-        ub, vb = u[self.index], v[self.index]
-        return torch.exp(self.param.log_scale(theta)) * ub @ vb.transpose(1, 2)
+        return torch.cat([self._chunk_similarity(theta, sl) for sl in self._chunks()])
 
     def _scatter(self, per_slot: torch.Tensor) -> torch.Tensor:
         """Map a ``(M, b_max)`` tensor of per-slot values to ``(n,)`` in pair order (0 where
@@ -175,22 +243,36 @@ class ContrastiveObjective:
         return out.index_put((self.index[self.keep],), per_slot[self.keep])
 
     # ------------------------------------------------------------------ loss and derivatives
+    def _regulariser(self, theta: torch.Tensor):
+        return 0.5 * self.lam * ((theta - self.param.theta0) ** 2).sum()
+
     def loss(self, theta: torch.Tensor) -> torch.Tensor:
-        """``L(theta)`` (or ``L_{-R}``): scalar, ``(1/n) sum Pos_k + (lam/2)||theta-theta0||^2``."""
-        data_term = terms.pos(self.similarity(theta), self.masks).sum() / self.n
+        """``L(theta)`` (or ``L_{-R}``): scalar, ``(1/n) sum Pos_k + (lam/2)||theta-theta0||^2``
+        (summed over batch chunks; differentiable, also by :mod:`torch.func`)."""
+        data_term = sum(terms.pos(self._chunk_similarity(theta, sl), self.masks.select(sl)).sum()
+                        for sl in self._chunks()) / self.n
         if self.lam == 0.0:
             return data_term
-        return data_term + 0.5 * self.lam * ((theta - self.param.theta0) ** 2).sum()
+        return data_term + self._regulariser(theta)
 
     def gradient(self, theta: torch.Tensor) -> torch.Tensor:
-        """``grad L(theta)``, shape ``(P,)``."""
-        return grad(self.loss)(theta)
+        """``grad L(theta)``, shape ``(P,)`` (:meth:`loss_and_gradient`)."""
+        return self.loss_and_gradient(theta)[1]
 
     def loss_and_gradient(self, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        th = theta.detach().clone().requires_grad_(True)
-        value = self.loss(th)
-        (g,) = torch.autograd.grad(value, th)
-        return value.detach(), g
+        """``L(theta)`` and ``grad L(theta)`` by reverse mode, one batch chunk at a time (each
+        chunk's graph is freed before the next: memory does not grow with ``n``)."""
+        th = theta.detach().to(DTYPE).clone().requires_grad_(True)
+        value = torch.zeros((), dtype=DTYPE, device=self.device)
+        g = torch.zeros_like(th)
+        for sl in self._chunks():
+            part = terms.pos(self._chunk_similarity(th, sl), self.masks.select(sl)).sum() / self.n
+            (gc,) = torch.autograd.grad(part, th)
+            value, g = value + part.detach(), g + gc
+        if self.lam:
+            value = value + self._regulariser(th.detach())
+            g = g + self.lam * (th.detach() - self.param.theta0)
+        return value, g
 
     def hvp(self, theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Hessian-vector product ``H(theta) v``, shape ``(P,)``, exact (not Gauss-Newton).
@@ -205,48 +287,34 @@ class ContrastiveObjective:
         i.e. the gradient of ``psi(theta) = <S(theta), Gdot> + <Sdot(theta), G>`` with ``G``,
         ``Gdot`` held fixed. The batched part (9 batched matrix products) is written out; only
         the cheap per-pair map ``theta -> (u, w, t)`` and its tangent go through autograd.
-        Batches are processed in chunks of about 2^20 similarity entries. Equal to double
+        ``psi`` is a sum over batches, so the whole product streams over chunks of about
+        :attr:`CHUNK_ENTRIES` similarity entries (each chunk's cotangents and graph freed
+        before the next): time linear in ``n``, memory independent of it. Equal to double
         backward through the loss (:meth:`hvp_autograd`) to rounding, both tested against the
-        dense autograd Hessian; 1.4x faster than it at n = 16k, batch 256, on par for small
-        problems and slower for one full batch of thousands of pairs (``python -m ecif.experiments.bench``
-        prints both as ``hvp_s``, ``hvp_autograd_s``).
+        dense autograd Hessian (``python -m ecif.experiments.bench`` prints both as ``hvp_s``,
+        ``hvp_autograd_s``).
         """
         if not self.param.structured_hvp:
             return self.hvp_autograd(theta, v)  # includes the regulariser (it differentiates the loss)
         v = torch.as_tensor(v, dtype=DTYPE, device=self.device)
         th = theta.detach().to(DTYPE).requires_grad_(True)
-        u, w, u_dot, w_dot = self._normalised_jvp(*self.param.embed_jvp(th, v, self.data))
-        t, t_dot = self.param.log_scale(th), self.param.log_scale(v)
-        scale = torch.exp(t)
-        with torch.no_grad():
-            sc, td = scale.detach(), float(t_dot)
-            parts = (u.detach(), w.detach(), u_dot.detach(), w_dot.detach())
-            cot = [torch.zeros_like(z) for z in parts]
-            t_bar = torch.zeros((), dtype=DTYPE, device=self.device)
-            # batches in chunks of about 2^20 similarity entries: temporaries stay small
-            # (allocator reuse, cache) instead of several (M, b, b) arrays at once
-            b = self.index.shape[1]
-            step = max(1, 2**20 // (b * b))
-            for lo in range(0, self.index.shape[0], step):
-                sl = slice(lo, lo + step)
-                bars, tb = self._hvp_cotangents(sl, sc, td, *parts)
-                rows = self.index[sl][self.keep[sl]]
-                for out, bar in zip(cot, bars):
-                    out[rows] = bar[self.keep[sl]]
-                t_bar += tb
-        psi = ((u * cot[0]).sum() + (w * cot[1]).sum() + (u_dot * cot[2]).sum() + (w_dot * cot[3]).sum()
-               + t * t_bar)
-        (hv,) = torch.autograd.grad(psi, th)
+        hv = torch.zeros_like(v)
+        td = float(self.param.log_scale(v))
+        for sl in self._chunks():
+            parts = self._chunk_embeddings_jvp(th, v, sl)
+            with torch.no_grad():
+                sc = torch.exp(self.param.log_scale(th.detach()))
+                bars, t_bar = self._hvp_cotangents(sl, sc, td, *(z.detach() for z in parts))
+            psi = sum((z * bar).sum() for z, bar in zip(parts, bars)) + self.param.log_scale(th) * t_bar
+            (hc,) = torch.autograd.grad(psi, th)
+            hv += hc
         return hv + self.lam * v if self.lam else hv
 
-    def _hvp_cotangents(self, sl: slice, sc, td: float, u, w, u_dot, w_dot):
-        """For the batches ``sl``: cotangents of ``psi`` (see :meth:`hvp`) with respect to the
-        batched ``U``, ``W``, ``Udot``, ``Wdot`` (each ``(m, b_max, e)``) and ``t``."""
-        idx = self.index[sl]
-        ub, wb, ub_dot, wb_dot = u[idx], w[idx], u_dot[idx], w_dot[idx]
-        wt = wb.transpose(1, 2)
-        s = (sc * ub) @ wt
-        s_dot = td * s + sc * (ub_dot @ wt + ub @ wb_dot.transpose(1, 2))
+    def _hvp_cotangents(self, sl: slice, sc, td: float, ub, wb, ub_dot, wb_dot):
+        """For the batches ``sl`` (the batched ``U``, ``W``, ``Udot``, ``Wdot``, each
+        ``(m, b_max, e)``): cotangents of ``psi`` (see :meth:`hvp`) with respect to ``U``, ``W``,
+        ``Udot``, ``Wdot`` and ``t``."""
+        s, s_dot = self._s_sdot(sc, td, ub, wb, ub_dot, wb_dot)
         g, g_dot = terms.hvp_cotangents(s, s_dot, self.masks.select(sl), self.n)
         t_bar = (s * g_dot).sum() + (s_dot * g).sum()
         a = sc * (g_dot + td * g)
@@ -293,8 +361,8 @@ class ContrastiveObjective:
     def directional_terms(self, theta: torch.Tensor, direction: torch.Tensor) -> dict[str, torch.Tensor]:
         """Directional derivatives ``grad T_k(theta)^T h`` for every pair and every term.
 
-        One forward-mode pass gives ``Sdot``, the derivative of the batch similarities along
-        ``h``; the per-pair derivatives follow from ``S`` and ``Sdot`` in closed form
+        One forward pass gives ``S`` and ``Sdot``, the derivative of the batch similarities along
+        ``h`` (the parametrization's ``embed_jvp``), streamed over batch chunks; the per-pair derivatives follow from ``S`` and ``Sdot`` in closed form
         (docs/math.md §7, :func:`ecif.core.terms.directional_terms`). No per-pair backward pass.
 
         Returns a dict of ``(n,)`` tensors keyed by ``"pos"``, ``"neg"``, ``"negexact"``
@@ -303,9 +371,16 @@ class ContrastiveObjective:
         direction = torch.as_tensor(direction, dtype=DTYPE, device=self.device)
         if direction.shape != (self.n_params,):
             raise ValueError(f"direction must have shape ({self.n_params},), got {tuple(direction.shape)}.")
-        s, sdot = jvp(self.similarity, (theta,), (direction,))
-        per_slot = terms.directional_terms(s, sdot, self.masks)
-        return {name: self._scatter(per_slot[name]) for name in TERMS}
+        theta = torch.as_tensor(theta, dtype=DTYPE, device=self.device)
+        per_slot = {name: [] for name in TERMS}
+        with torch.no_grad():
+            for sl in self._chunks():  # streamed over batch chunks, as in :meth:`hvp`
+                sc = torch.exp(self.param.log_scale(theta))
+                s, s_dot = self._s_sdot(sc, self.param.log_scale(direction), *self._chunk_embeddings_jvp(theta, direction, sl))
+                d = terms.directional_terms(s, s_dot, self.masks.select(sl))
+                for name in TERMS:
+                    per_slot[name].append(d[name])
+        return {name: self._scatter(torch.cat(per_slot[name])) for name in TERMS}
 
     def pair_gradients(self, theta: torch.Tensor, terms=("pos", "neg"), indices=None,
                        chunk_size: int | None = 64) -> torch.Tensor:

@@ -1,27 +1,37 @@
-"""Benchmark: scoring every training pair with ECIF against one leave-out retraining.
+"""Benchmark: scoring every training pair with ECIF against one cold and one warm retraining.
 
-    python -m ecif.experiments.bench                       # the default grid: n in {1k, 4k, 16k}
-    python -m ecif.experiments.bench --n 1000 --batch 256  # one configuration
+    python -m ecif.bench                                    # the default grid, n from 1k to 100k
+    python -m ecif.bench --n 1000 4000 16000 100000         # these n, batch 256, one row each
+    python -m ecif.experiments.bench --n 1000 --batch 0     # one configuration, one full batch
 
 For each configuration (``n`` pairs, fixed batching of ``batch`` pairs or one full batch) on
 synthetic frozen features of CLIP-like width (``--dim`` 512, embedding width 256, LoRA rank 8
 on both projections, float64), it measures in the same process run:
 
-* ``fit_s``: the base fit ``theta_hat`` (truncated Newton to ``gtol``), not part of the ratio;
-* ``solve_s``: one CG solve ``h = (H + mu I)^-1 grad L_val``;
+* ``fit_s``: the base fit ``theta_hat`` (Newton-CG to ``gtol``, started from a fit of a
+  subsample of the batches when ``n > 4 * --subsample``), not part of the ratios;
+* ``solve_s``: one CG solve ``h = (H + mu I)^-1 grad L_val`` to ``rtol = 1e-6``, including the
+  build of its preconditioner where there is one (``precond_pairs`` pairs, ``precond_s``
+  seconds; :func:`default_precondition`); ``cg_iterations`` full Hessian-vector products;
 * ``score_s``: the all-pairs directional pass giving ``IS(k)`` for every pair and all four
-  variants (positive, negative, ecif, newton) at once;
+  variants (positive, negative, ecif, newton) at once; ``ecif_all_pairs_s = solve_s + score_s``;
 * ``retrain_s``: one leave-one-out retraining warm-started from ``theta_hat`` to the same
   ``gtol``, the cheapest possible ground truth for a single pair; ``retrain_grad0`` is the
-  gradient norm of ``L_{-k}`` at ``theta_hat`` where it starts.
-* ``ratio``: ``retrain_s / (solve_s + score_s)``, how many all-pairs ECIF scorings fit in one
-  retraining of a single pair;
-* ``speedup_vs_loo_all``: ``n * retrain_s / (solve_s + score_s)``, ECIF for every pair against
-  leave-one-out retraining of every pair;
+  gradient norm of ``L_{-k}`` at ``theta_hat`` where it starts;
+* ``cold_retrain_s``: the same leave-one-out retraining from ``theta0`` (the paper's
+  "retrain"), with the base fit's procedure (same subsample start);
+* ``score_over_warm`` / ``score_over_cold``: ``ecif_all_pairs_s`` over one warm / one cold
+  retraining (targets: <= 0.5 and <= 0.05); ``ratio``: ``retrain_s / ecif_all_pairs_s``;
+* ``speedup_vs_loo_all``: ``n * retrain_s / ecif_all_pairs_s``, ECIF for every pair against
+  warm leave-one-out retraining of every pair;
 * ``hvp_s`` / ``hvp_autograd_s``: one Hessian-vector product at ``theta_hat``, the structured
-  closed form used by every CG solve against double backward through the loss (median of 3);
+  closed form used by every CG solve against double backward through the loss (median of 3;
+  the latter only up to ``n = 20000``, its graph grows with ``n``);
 * ``peak_rss_gib``: the process's peak resident memory (each configuration runs in its own
   subprocess so the peaks do not mix).
+
+Each row is printed as soon as it is measured; fit steps, CG iterations and the stage being
+measured go to stderr (``--quiet`` silences them).
 
 Tolerances: the fit and the retraining go to ``gtol = 1e-9`` by default, the standard of every
 leave-out ground truth in the kit (the default of ``retraining.retrain``, the LOO tests, the pipeline);
@@ -47,8 +57,14 @@ __all__ = ["run_one", "main"]
 
 
 def run_one(n: int, batch: int | None, dim: int = 512, width: int = 256, rank: int = 8, lam: float = 1.0,
-            gtol: float = 1e-9, threads: int = 2, seed: int = 0) -> dict:
-    """Measure one configuration; returns a dict of timings (seconds), ratio and peak memory."""
+            gtol: float = 1e-9, threads: int = 2, seed: int = 0, subsample: int | None = 4000,
+            precondition: int | None = None, progress: bool = True) -> dict:
+    """Measure one configuration; returns a dict of timings (seconds), ratios and peak memory.
+
+    ``subsample``: the fit's subsample start (:func:`ecif.core.fit.fit`), used by the base fit
+    and the cold retraining alike; ``precondition``: pairs of the subsample whose Hessian
+    preconditions the CG solve (``None``: :func:`default_precondition`, ``0``: plain CG).
+    ``progress``: fit steps and CG iterations on stderr."""
     from ecif.core.batching import BatchingProtocol
     from ecif.core.evaluate import validation_gradient
     from ecif.core.fit import fit
@@ -59,35 +75,57 @@ def run_one(n: int, batch: int | None, dim: int = 512, width: int = 256, rank: i
     from ecif.experiments.retraining import retrain
 
     torch.set_num_threads(threads)
+    precondition = default_precondition(n) if precondition is None else (precondition or None)
+
+    def say(msg):
+        if progress:
+            print(f"[n={n}] {msg}", file=sys.stderr, flush=True)
+
     d = synthetic_pairs(n, n_val=1000, d_img=dim, d_txt=dim, width=width, n_classes=20, latent=32,
                         shuffle_rate=0.1, seed=seed)
     param = LoRAHeads(d.w_img0, d.w_txt0, d.log_scale0, rank=rank, seed=seed)
     obj = ContrastiveObjective(param, d.x, d.y, BatchingProtocol.from_seed(n, batch, seed), lam=lam)
     val = ContrastiveObjective(param, d.x_val, d.y_val, BatchingProtocol.from_seed(1000, batch, seed + 1), lam=0.0)
 
+    say("base fit")
     t0 = time.perf_counter()
-    res = fit(obj, gtol=gtol, method="newton-cg")
+    res = fit(obj, gtol=gtol, method="newton-cg", progress=progress, subsample=subsample)
     fit_s = time.perf_counter() - t0
+    say(f"base fit: {fit_s:.1f} s, |grad| {res.grad_norm:.1e}")
 
     g_val = validation_gradient(val, res.theta)
-    eng = ECIF(obj, res.theta, solver="cg", damping=0.0, rtol=1e-6)
+    say(f"influence solve ({'plain CG' if precondition is None else f'CG preconditioned on {precondition} pairs'})")
     t0 = time.perf_counter()
+    eng = ECIF(obj, res.theta, solver="cg", damping=0.0, rtol=1e-6, precondition=precondition,
+               progress=progress)
+    precond_s = time.perf_counter() - t0
     h = eng.solver.solve(g_val)
-    solve_s = time.perf_counter() - t0
+    solve_s = time.perf_counter() - t0  # preconditioner build included
+    say(f"solve: {solve_s:.1f} s ({precond_s:.1f} s preconditioner), {eng.solver.report.get('iterations')} CG iterations")
+    say("all-pairs directional pass")
     t0 = time.perf_counter()
     terms = obj.directional_terms(res.theta, h)
     scores = {"positive": terms["pos"] / n, "negative": terms["neg"] / n,
               "ecif": (terms["pos"] + terms["neg"]) / n, "newton": (terms["pos"] + terms["negexact"]) / n}
     score_s = time.perf_counter() - t0
     assert all(torch.isfinite(s).all() for s in scores.values())
+    ecif_s = solve_s + score_s
+    say(f"directional pass: {score_s:.2f} s; all pairs scored in {ecif_s:.1f} s")
 
-    hvp_s, hvp_autograd_s = _time_hvps(obj, res.theta)
+    say("HVP timings")
+    hvp_s, hvp_autograd_s = _time_hvps(obj, res.theta, autograd=n <= AUTOGRAD_HVP_MAX_N)
 
     k = int(np.flatnonzero(d.misaligned)[0])
     retrain_grad0 = float(obj.without([k]).gradient(res.theta).norm())
+    say("one warm retraining")
     t0 = time.perf_counter()
-    refit = retrain(obj, res.theta, [k], gtol=gtol, max_iter=100, method="newton-cg")
+    refit = retrain(obj, res.theta, [k], gtol=gtol, max_iter=100, method="newton-cg", progress=progress)
     retrain_s = time.perf_counter() - t0
+    say(f"warm retraining: {retrain_s:.1f} s; one cold retraining")
+    t0 = time.perf_counter()
+    cold = retrain(obj, res.theta, [k], init="theta0", gtol=gtol, max_iter=100, method="newton-cg",
+                   subsample=subsample, progress=progress)
+    cold_s = time.perf_counter() - t0
 
     return {
         "n": n,
@@ -96,43 +134,65 @@ def run_one(n: int, batch: int | None, dim: int = 512, width: int = 256, rank: i
         "fit_s": round(fit_s, 2),
         "fit_grad_norm": float(f"{res.grad_norm:.2e}"),
         "fit_converged": res.converged,
+        "precond_pairs": precondition or 0,
+        "precond_s": round(precond_s, 2),
         "cg_iterations": eng.solver.report.get("iterations"),
         "solve_s": round(solve_s, 2),
         "score_s": round(score_s, 3),
-        "ecif_all_pairs_s": round(solve_s + score_s, 2),
+        "ecif_all_pairs_s": round(ecif_s, 2),
         "retrain_s": round(retrain_s, 2),
+        "cold_retrain_s": round(cold_s, 2),
+        "score_over_cold": round(ecif_s / cold_s, 3),
+        "score_over_warm": round(ecif_s / retrain_s, 3),
         "retrain_grad0": float(f"{retrain_grad0:.2e}"),
         "retrain_grad_norm": float(f"{refit.grad_norm:.2e}"),
+        "cold_grad_norm": float(f"{cold.grad_norm:.2e}"),
         "hvp_s": round(hvp_s, 3),
-        "hvp_autograd_s": round(hvp_autograd_s, 3),
+        "hvp_autograd_s": None if hvp_autograd_s is None else round(hvp_autograd_s, 3),
         "retrain_converged": refit.converged,
-        "ratio": round(retrain_s / (solve_s + score_s), 2),
-        "speedup_vs_loo_all": round(n * retrain_s / (solve_s + score_s)),
+        "cold_converged": cold.converged,
+        "ratio": round(retrain_s / ecif_s, 2),
+        "speedup_vs_loo_all": round(n * retrain_s / ecif_s),
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
     }
 
 
-def _time_hvps(obj, theta, repeats: int = 3) -> tuple[float, float]:
-    """Median seconds of one structured HVP and one double-backward HVP, interleaved."""
+#: Largest ``n`` whose double-backward HVP is timed (it holds the whole second-order graph).
+AUTOGRAD_HVP_MAX_N = 20000
+
+
+def default_precondition(n: int) -> int | None:
+    """Pairs of the preconditioning subsample for ``n`` pairs: 4096 where ``n >= 32768`` (its
+    150 Lanczos steps then cost less than the CG iterations they save), else ``None`` (plain CG)."""
+    return 4096 if n >= 8 * 4096 else None
+
+
+def _time_hvps(obj, theta, repeats: int = 3, autograd: bool = True) -> tuple[float, float | None]:
+    """Median seconds of one structured HVP and one double-backward HVP, interleaved (the
+    latter ``None`` with ``autograd=False``)."""
     v = torch.randn(obj.n_params, generator=torch.Generator(device="cpu").manual_seed(0), dtype=torch.float64,
                     device="cpu").to(theta.device)
-    times = {"hvp": [], "hvp_autograd": []}
+    times = {"hvp": [], "hvp_autograd": []} if autograd else {"hvp": []}
     for _ in range(repeats):
         for name in times:
             t0 = time.perf_counter()
             getattr(obj, name)(theta, v)
             times[name].append(time.perf_counter() - t0)
-    return float(np.median(times["hvp"])), float(np.median(times["hvp_autograd"]))
+    return float(np.median(times["hvp"])), (float(np.median(times["hvp_autograd"])) if autograd else None)
 
 
-DEFAULT_GRID = [(1000, 256), (1000, None), (4000, 256), (4000, None), (16000, 256)]
+DEFAULT_GRID = [(1000, 256), (1000, None), (4000, 256), (4000, None), (16000, 256), (100000, 256)]
+
+
+COLUMNS = ["n", "batch", "params", "fit_s", "precond_pairs", "precond_s", "cg_iterations", "solve_s", "score_s",
+           "ecif_all_pairs_s", "retrain_s", "cold_retrain_s", "score_over_warm", "score_over_cold", "ratio",
+           "speedup_vs_loo_all", "hvp_s", "hvp_autograd_s", "peak_rss_gib", "retrain_grad0",
+           "retrain_grad_norm", "cold_grad_norm", "fit_converged", "retrain_converged", "cold_converged"]
 
 
 def _table(rows: list[dict]) -> str:
-    cols = ["n", "batch", "params", "fit_s", "cg_iterations", "solve_s", "score_s", "ecif_all_pairs_s",
-            "retrain_s", "ratio", "speedup_vs_loo_all", "hvp_s", "hvp_autograd_s", "peak_rss_gib",
-            "retrain_grad0", "retrain_grad_norm", "fit_converged", "retrain_converged"]
-    widths = {c: max(len(c), *(len(str(r.get(c))) for r in rows)) for c in cols}
+    widths = {c: max(len(c), *(len(str(r.get(c))) for r in rows)) for c in COLUMNS}
+    cols = COLUMNS
     line = " | ".join(c.rjust(widths[c]) for c in cols)
     out = [line, "-" * len(line)]
     out += [" | ".join(str(r.get(c)).rjust(widths[c]) for c in cols) for r in rows]
@@ -141,31 +201,46 @@ def _table(rows: list[dict]) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--n", type=int, help="one configuration: number of pairs")
+    ap.add_argument("--n", type=int, nargs="+", help="numbers of pairs (one row each; default: the grid)")
     ap.add_argument("--batch", type=int, default=256, help="batch size (0 = one full batch)")
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--width", type=int, default=256)
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--gtol", type=float, default=1e-9, help="gradient norm of the fit and the retraining")
+    ap.add_argument("--subsample", type=int, default=4000,
+                    help="subsample start of the base fit and the cold retraining (0 = none)")
+    ap.add_argument("--precondition", type=int, default=None,
+                    help="pairs whose Hessian preconditions CG (default: 4096 from n = 32768 on; 0 = plain CG)")
+    ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     ap.add_argument("--json", action="store_true", help="print one JSON line (used by the grid)")
     args = ap.parse_args(argv)
-    if args.n is not None:
-        row = run_one(args.n, args.batch or None, args.dim, args.width, args.rank, gtol=args.gtol,
-                      threads=args.threads)
+    if args.n is not None and len(args.n) == 1:
+        row = run_one(args.n[0], args.batch or None, args.dim, args.width, args.rank, gtol=args.gtol,
+                      threads=args.threads, subsample=args.subsample or None, precondition=args.precondition,
+                      progress=not args.quiet)
         print(json.dumps(row) if args.json else _table([row]), flush=True)
         return
+    grid = DEFAULT_GRID if args.n is None else [(n, args.batch or None) for n in args.n]
     rows = []
-    for n, batch in DEFAULT_GRID:
+    for n, batch in grid:
         cmd = [sys.executable, "-m", "ecif.experiments.bench", "--n", str(n), "--batch", str(batch or 0), "--dim",
                str(args.dim), "--width", str(args.width), "--rank", str(args.rank), "--threads",
-               str(args.threads), "--gtol", str(args.gtol), "--json"]
-        out = subprocess.run(cmd, capture_output=True, text=True)
+               str(args.threads), "--gtol", str(args.gtol), "--subsample", str(args.subsample), "--json"]
+        if args.precondition is not None:
+            cmd += ["--precondition", str(args.precondition)]
+        if args.quiet:
+            cmd.append("--quiet")
+        # progress goes straight to our stderr; the row comes back as the last stdout line
+        out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         if out.returncode != 0:
-            print(f"n={n} batch={batch}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+            print(f"n={n} batch={batch}: failed (exit {out.returncode})", file=sys.stderr, flush=True)
             continue
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(_table(rows[-1:]).splitlines()[-1], flush=True)
+        table = _table(rows).splitlines()
+        if len(rows) == 1:
+            print("\n".join(table[:2]), flush=True)
+        print(table[-1], flush=True)
     print()
     print(_table(rows))
 

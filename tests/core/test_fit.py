@@ -72,3 +72,39 @@ def test_offset_ratio_and_diagnosis():
     assert f"{top:.3g}" in plain  # the power iteration finds the largest eigenvalue
     shifted = type(obj)(obj.param, obj._x + 50.0 * obj._x.norm(dim=1).mean(), obj._y, obj.batching, lam=0.1)
     assert "common offset" in diagnose(shifted, obj.theta0)
+
+
+def test_subsample_start_reaches_the_same_optimum_and_reports_progress():
+    """fit(subsample=...) fits the first batches first, then the whole objective: the same
+    optimum as a plain fit; progress lines name each stage's n and end at the full n."""
+    obj = tiny_objective("lora", n=48, batch_size=6, lam=1.0)
+    plain = fit(obj, gtol=1e-10, method="newton-cg")
+    steps = []
+    staged = fit(obj, gtol=1e-10, method="newton-cg", subsample=10, progress=steps.append)
+    assert plain.converged and staged.converged
+    assert torch.allclose(staged.theta, plain.theta, atol=1e-8)
+    ns = [r["n"] for r in steps]
+    assert ns[0] == 12 and ns[-1] == 48 and sorted(ns) == ns
+    assert steps[-1]["grad_norm"] == staged.grad_norm
+
+
+def test_batch_subset_keeps_whole_batches():
+    obj = tiny_objective("lora", n=48, batch_size=6)
+    sub = obj.batch_subset(13)
+    assert sub.n == 18 and sub.batching.n_batches == 3 and sub.lam == obj.lam
+    ids = obj.batching.batch_ids
+    rows = ids < 3
+    assert torch.equal(sub._x, obj._x[torch.as_tensor(rows)])
+    k = int(torch.as_tensor(rows).nonzero()[1])  # a pair of the subset
+    out = obj.without([k]).batch_subset(13)
+    assert out.n == 18 and out.removed.tolist() == [int(rows[:k].sum())]
+    assert float(out.loss(obj.theta0)) == pytest.approx(float(sub.without(out.removed).loss(obj.theta0)), abs=1e-14)
+
+
+def test_preconditioned_newton_cg_reaches_the_same_optimum():
+    """fit(precondition=...) preconditions the Newton-CG solves with the spectrum of a
+    subsample's Hessian: same optimum to the tolerance, converged."""
+    obj = tiny_objective("lora", n=48, batch_size=6, lam=1.0)
+    plain = fit(obj, gtol=1e-10, method="newton-cg")
+    pre = fit(obj, gtol=1e-10, method="newton-cg", precondition=12)
+    assert pre.converged and torch.allclose(pre.theta, plain.theta, atol=1e-8)
