@@ -305,7 +305,7 @@ def lanczos(hvp: Callable[[torch.Tensor], torch.Tensor], n_params: int, steps: i
     alpha, beta = [], []
     k = steps
     for j in range(steps):
-        w = torch.as_tensor(hvp(basis[:, j]), dtype=DTYPE)
+        w = torch.as_tensor(hvp(basis[:, j]), dtype=DTYPE, device=basis.device)
         alpha.append(float(basis[:, j] @ w))
         for _ in range(2):
             w = w - basis[:, : j + 1] @ (basis[:, : j + 1].T @ w)
@@ -315,9 +315,9 @@ def lanczos(hvp: Callable[[torch.Tensor], torch.Tensor], n_params: int, steps: i
             break
         beta.append(b)
         basis[:, j + 1] = w / b
-    t = torch.diag(torch.tensor(alpha, dtype=DTYPE))
+    t = torch.diag(torch.tensor(alpha, dtype=DTYPE, device="cpu"))  # the small tridiagonal: on the CPU
     if k > 1:
-        off = torch.tensor(beta[: k - 1], dtype=DTYPE)
+        off = torch.tensor(beta[: k - 1], dtype=DTYPE, device="cpu")
         t = t + torch.diag(off, 1) + torch.diag(off, -1)
     ritz, vecs = torch.linalg.eigh(t)
     return ritz.to(q.device), basis[:, :k] @ vecs.to(q.device)

@@ -186,12 +186,14 @@ def train_examples(objective: ContrastiveObjective) -> PairExamples:
     _check_objective(objective, "objective")
     index, keep = objective.index.cpu(), objective.keep.cpu()
     x, y = objective._x.cpu(), objective._y.cpu()
-    m_of, slot_of = torch.empty(objective.n, dtype=torch.long), torch.empty(objective.n, dtype=torch.long)
+    dev = index.device  # the examples are built on the CPU (the libraries move them)
+    m_of, slot_of = (torch.empty(objective.n, dtype=torch.long, device=dev),
+                     torch.empty(objective.n, dtype=torch.long, device=dev))
     rows, cols = torch.nonzero(keep, as_tuple=True)
     m_of[index[rows, cols]], slot_of[index[rows, cols]] = rows, cols
     idx = index[m_of]  # (n, b)
-    weight = torch.zeros(idx.shape, dtype=DTYPE)
-    weight[torch.arange(objective.n), slot_of] = 1.0
+    weight = torch.zeros(idx.shape, dtype=DTYPE, device=dev)
+    weight[torch.arange(objective.n, device=dev), slot_of] = 1.0
     return PairExamples(x[idx], y[idx], keep[m_of].clone(), weight)
 
 
@@ -254,8 +256,8 @@ def _kronfluence_task(track_logit_scale: bool):
             s = _similarities(*model(x, y)).reshape(-1, b, b)
             masked = torch.where(terms.masks(keep.reshape(-1, b)).pairs, s, torch.full_like(s, -1e30))
             slot = weight.reshape(-1, b).argmax(dim=1)
-            rows = masked[torch.arange(len(slot)), slot]  # image k against the batch's texts
-            cols = masked[torch.arange(len(slot)), :, slot]  # text k against the batch's images
+            rows = masked[torch.arange(len(slot), device=masked.device), slot]  # image k against the batch's texts
+            cols = masked[torch.arange(len(slot), device=masked.device), :, slot]  # text k against the batch's images
             with torch.no_grad():
                 t_row = torch.multinomial(torch.softmax(rows, dim=1), 1).squeeze(1)
                 t_col = torch.multinomial(torch.softmax(cols, dim=1), 1).squeeze(1)

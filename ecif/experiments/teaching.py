@@ -348,8 +348,8 @@ def net_hessian(theta, x, y, lam: float = 0.0, hidden: int = 2, keep=None):
 def symmetric_start(d: int, hidden: int = 2, seed: int = 0, scale: float = 0.1):
     """``theta_0 (P,)`` with every unit equal: one random ``w`` (normal, ``scale``) copied into
     each row of ``W``, and ``a_j = 1``."""
-    w = scale * torch.randn(d, generator=torch.Generator().manual_seed(seed), dtype=DT)
-    return torch.cat([w.repeat(hidden), torch.ones(hidden, dtype=DT)])
+    w = scale * torch.randn(d, generator=torch.Generator(device="cpu").manual_seed(seed), dtype=DT, device="cpu")
+    return torch.cat([w.repeat(hidden), torch.ones(hidden, dtype=DT, device="cpu")])
 
 
 def _descend(theta, x, y, lam, hidden, keep, gtol=1e-10, max_iter=300):
@@ -367,7 +367,7 @@ def _descend(theta, x, y, lam, hidden, keep, gtol=1e-10, max_iter=300):
         ev, V = torch.linalg.eigh(net_hessian(theta, x, y, lam, hidden, keep))
         step = V @ ((V.transpose(1, 2) @ g[..., None]).squeeze(-1) / ev.abs().clamp_min(1e-8))[..., None]
         step = step.squeeze(-1) * todo[:, None]
-        f0, slope, a = f(theta), (g * step).sum(1), torch.ones(len(theta), dtype=DT)
+        f0, slope, a = f(theta), (g * step).sum(1), torch.ones(len(theta), dtype=DT, device=theta.device)
         for _ in range(60):
             worse = (f(theta - a[:, None] * step) > f0 - 1e-4 * a * slope + 1e-15 * f0.abs()) & todo
             if not bool(worse.any()):
@@ -408,7 +408,7 @@ def net_influence(data: Digits, res: NetFit, damping: float = 0.0) -> np.ndarray
     the formula of section 2 used as is (``H`` may be indefinite: nothing checks it here)."""
     th, n = res.theta[None], len(data.y)
     P = th.shape[1]
-    H = net_hessian(th, data.x, data.y, res.lam, res.hidden)[0] + damping * torch.eye(P, dtype=DT)
+    H = net_hessian(th, data.x, data.y, res.lam, res.hidden)[0] + damping * torch.eye(P, dtype=DT, device=th.device)
     g_test = net_grad(th, data.x_test, data.y_test, 0.0, res.hidden)[0]  # mean test loss
     f = _net_parts(th, data.x, res.hidden)[3][0]
     per_point = (-data.y * torch.sigmoid(-data.y * f))[:, None] * net_jacobian(th, data.x, res.hidden)[0]
@@ -428,7 +428,7 @@ def net_loo(data: Digits, res: NetFit, nudge: float = 1e-3) -> dict:
     x, y, n = data.x, data.y, len(data.y)
     v = torch.linalg.eigh(net_hessian(res.theta[None], x, y, res.lam, res.hidden)[0])[1][:, 0]
     v = v * torch.sign(v[v.abs().argmax()])
-    keep = torch.cat([1.0 - torch.eye(n, dtype=DT), torch.ones(1, n, dtype=DT)])
+    keep = torch.cat([1.0 - torch.eye(n, dtype=DT, device=data.x.device), torch.ones(1, n, dtype=DT, device=data.x.device)])
     start = (res.theta + nudge * v).expand(n + 1, -1).clone()
     thetas, gn, _ = _descend(start, x, y, res.lam, res.hidden, keep, gtol=1e-9)
     test = net_loss(torch.cat([thetas, res.theta[None]]), data.x_test, data.y_test, 0.0, res.hidden)
