@@ -233,6 +233,7 @@ def test_traceback_and_summary(smoke_run: Path) -> None:
     for method in ("ris", "is", "random"):
         assert 0.0 <= m[f"traceback.{method}_k2.fix_rate"] <= 1.0
     summary = (smoke_run / "reports" / "tables" / "summary.md").read_text()
-    for title in ("Table 1: cleaning", "Table 2: edited vs retrained", "Winner per misalignment kind"):
+    for title in ("Table 1: cleaning", "Table 2: edited vs retrained", "Winner per misalignment kind",
+                  "Peers against leave-one-out retraining"):
         assert title in summary
     assert "| oracle" in summary and "| clean" in summary and "acc_cold_retrained" in summary
