@@ -324,6 +324,8 @@ def traceback_findings(metrics: dict) -> list[str]:
                    f", against {_pct(rnd['improve_rate'])} and {rnd['margin_gain']:+.3f} for {k} random pairs")
         out.append(f"Removing the top {k} culprits by {name} and retraining fixes {_pct(r['fix_rate'])} of the items "
                    f"and improves the margin of {_pct(r['improve_rate'])} (mean gain {r['margin_gain']:+.3f}){cmp}.")
+    if rnd is not None:  # the control: how often k random removals fix an item by chance
+        out.append(f"The control: removing {k} random pairs fixes {_pct(rnd['fix_rate'])} of the items.")
     out.append(f"Misaligned pairs among the traced culprits in the gallery: {metrics['gallery_misaligned_share']:.2f}.")
     return out
 

@@ -353,6 +353,8 @@ SCHEMA: dict[str, dict[str, Spec]] = {
     },
     "traceback": {
         "n_items": Int("mispredicted test items checked", 6, ge=1),
+        "order": Choice("which mispredicted items: closest to the boundary first, or most confidently wrong first",
+                        ("least_confident", "most_confident")),
         "ks": ListOf("numbers of culprits removed", Int("k", 5, ge=1), [5, 10], unique=True),
         "n_random": Int("random removals per item and k", 3, ge=1),
         "n_gallery": Int("items shown in the gallery", 4, ge=1),

@@ -195,6 +195,7 @@ def test_traceback_findings_uses_largest_k_and_random():
     assert out[0] == "12 test items are mispredicted; 4 were traced."
     assert "top 10 culprits by RIS" in out[1] and "fixes 100.0 %" in out[1] and "(8x the margin gain)" in out[1]
     assert "x the margin gain" not in findings.traceback_findings(_traceback(-0.1))[1]
+    assert out[2] == "The control: removing 10 random pairs fixes 0.0 % of the items."  # the random control's fixes
     rates = pd.DataFrame({"method": ["is", "ris"], "k": [5, 5], "misaligned_removed": [3.0, 1.0]}).set_index(["method", "k"])
     assert findings.exercise_traceback_misaligned(rates) == ["is     k = 5: 3.00 misaligned among the removed",
                                                             "ris    k = 5: 1.00 misaligned among the removed"]
