@@ -205,6 +205,8 @@ def test_cleaning_and_editing_metrics(smoke_run: Path) -> None:
     assert m["cleaning.random_std"] >= 0 and isinstance(m["cleaning.separable"], bool)
     curve = pd.read_csv(smoke_run / "plots" / "cleaning_curve.csv")
     assert sorted(curve.fraction.unique()) == [0.05, 0.2]
+    table = pd.read_csv(smoke_run / "plots" / "cleaning.csv")  # default setting shapes_swap: one fit per noise seed
+    assert set(table.noise_seed) == {0, 1} and (table[table.method == "oracle"].n_misaligned_removed > 0).all()
     assert {"none", "random", "oracle", "ecif", "cosine"} <= set(curve.method)
     assert (smoke_run / "reports" / "figures" / "08_cleaning_curve.png").stat().st_size > 0
     for frac in ("frac_5pct", "frac_20pct"):
