@@ -280,8 +280,14 @@ def cleaning_findings(metrics: dict) -> list[str]:
                    f"named best.")
     if "ecif" in c:
         e = c["ecif"]
-        out.append(f"ECIF's removal set holds {e['misaligned_removed']:.0f} misaligned pairs of {m}; accuracy "
-                   f"{e['accuracy_mean']:.3f} ({e['accuracy_mean'] - none:+.3f} against no removal).")
+        line = (f"ECIF's removal set holds {e['misaligned_removed']:.0f} misaligned pairs of {m}; accuracy "
+                f"{e['accuracy_mean']:.3f} ({e['accuracy_mean'] - none:+.3f} against no removal)")
+        behind = methods[best]["accuracy_mean"] - e["accuracy_mean"]
+        if ranked and best != "ecif" and behind > 0:  # where the kit's own method loses, and by how much
+            std = c.get("random_std", rnd.get("accuracy_std", float("nan")))
+            within = "within" if behind <= 2 * std else "beyond"
+            line += f"; {best} is ahead of it by {behind:.3f}, {within} two seed-to-seed std ({2 * std:.3f})"
+        out.append(line + ".")
     h = metrics.get("editing", {}).get("harmful_ecif")
     if h:
         out.append(f"Editing instead of retraining (most harmful set): influence predicted a validation-loss change "
