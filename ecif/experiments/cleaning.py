@@ -9,6 +9,8 @@ with their true captions (the features' ``y_train_clean``), and ``oracle``, the 
 the injected pairs. :func:`separation` says whether the gap between no deletion and the oracle
 is larger than the seed-to-seed spread of the random deletions; when it is not, the table cannot
 rank the methods. :func:`cleaning_curve` repeats the deletions at several removal fractions.
+:func:`cleaning_runs` does both for several fits (one per noise seed), so that the spread of every
+row covers which pairs were corrupted as well as the random deletions' seeds.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 from ecif.core.fit import fit
 from ecif.experiments.retraining import retrain
 
-__all__ = ["cleaning_curve", "cleaning_table", "oracle_removal", "separation", "table_separation", "top_fraction"]
+__all__ = ["cleaning_curve", "cleaning_runs", "cleaning_table", "oracle_removal", "separation", "table_separation", "top_fraction"]
 
 
 def top_fraction(scores, fraction: float) -> np.ndarray:
@@ -160,3 +162,25 @@ def cleaning_curve(objective, theta_hat, scores: dict, evaluation, fractions=(0.
         rows += [{"fraction": float(f), **r} for r in [none] + _run(objective, theta_hat, runs, evaluation, mask,
                                                                      init, gtol, preconditioner)]
     return pd.DataFrame(rows)
+
+
+def cleaning_runs(fits: dict, fraction: float = 0.1, fractions=(0.05, 0.1, 0.2), random_seeds=(0, 1, 2),
+                  init: str = "warm", gtol: float = 1e-9) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`cleaning_table` (with the ``oracle`` and ``clean`` rows) and :func:`cleaning_curve`
+    of several fits: ``fits`` maps a noise seed to ``(problem, theta_hat, engine, scores)``
+    (a :class:`~ecif.kit.problem.Problem`, its optimum, the :class:`~ecif.core.influence.ECIF`
+    whose factorised Hessian preconditions the retrainings, and the detection scores by method).
+    Returns ``(table, curve)``, each with a leading ``noise_seed`` column; grouped by method, the
+    rows of all fits pool, so a method's std is over noise seeds (and random seeds for
+    ``random``), and :func:`table_separation` compares the oracle gap with that pooled spread."""
+    tables, curves = [], []
+    for noise_seed, (problem, theta_hat, engine, scores) in fits.items():
+        common = dict(mask=problem.mask, random_seeds=random_seeds, init=init, preconditioner=engine.solver, gtol=gtol)
+        t = cleaning_table(problem.objective, theta_hat, scores, problem.test_set, fraction=fraction,
+                           clean_objective=problem.clean_objective(), **common)
+        c = cleaning_curve(problem.objective, theta_hat, scores, problem.test_set, fractions=fractions, **common)
+        tables.append(t.assign(noise_seed=int(noise_seed))[["noise_seed", *t.columns]])
+        curves.append(c.assign(noise_seed=int(noise_seed))[["noise_seed", *c.columns]])
+    if not tables:
+        raise ValueError("cleaning_runs needs at least one fit.")
+    return pd.concat(tables, ignore_index=True), pd.concat(curves, ignore_index=True)

@@ -287,8 +287,14 @@ def cleaning_findings(metrics: dict) -> list[str]:
                    f"named best.")
     if "ecif" in c:
         e = c["ecif"]
-        out.append(f"ECIF's removal set holds {e['misaligned_removed']:.0f} misaligned pairs of {m}; accuracy "
-                   f"{e['accuracy_mean']:.3f} ({e['accuracy_mean'] - none:+.3f} against no removal).")
+        line = (f"ECIF's removal set holds {e['misaligned_removed']:.0f} misaligned pairs of {m}; accuracy "
+                f"{e['accuracy_mean']:.3f} ({e['accuracy_mean'] - none:+.3f} against no removal)")
+        behind = methods[best]["accuracy_mean"] - e["accuracy_mean"]
+        if ranked and best != "ecif" and behind > 0:  # where the kit's own method loses, and by how much
+            std = c.get("random_std", rnd.get("accuracy_std", float("nan")))
+            within = "within" if behind <= 2 * std else "beyond"
+            line += f"; {best} is ahead of it by {behind:.3f}, {within} two seed-to-seed std ({2 * std:.3f})"
+        out.append(line + ".")
     h = metrics.get("editing", {}).get("harmful_ecif")
     if h:
         out.append(f"Editing instead of retraining (most harmful set): influence predicted a validation-loss change "
@@ -331,6 +337,8 @@ def traceback_findings(metrics: dict) -> list[str]:
                    f", against {_pct(rnd['improve_rate'])} and {rnd['margin_gain']:+.3f} for {k} random pairs")
         out.append(f"Removing the top {k} culprits by {name} and retraining fixes {_pct(r['fix_rate'])} of the items "
                    f"and improves the margin of {_pct(r['improve_rate'])} (mean gain {r['margin_gain']:+.3f}){cmp}.")
+    if rnd is not None:  # the control: how often k random removals fix an item by chance
+        out.append(f"The control: removing {k} random pairs fixes {_pct(rnd['fix_rate'])} of the items.")
     out.append(f"Misaligned pairs among the traced culprits in the gallery: {metrics['gallery_misaligned_share']:.2f}.")
     return out
 

@@ -36,7 +36,7 @@ from ecif.experiments.zeroshot import ZeroShotSet
 from ecif.kit.files import read_json, write_json
 
 __all__ = ["FitSettings", "Fitted", "MODES", "Problem", "as_tensor", "build_problem", "centring_means", "curvature",
-           "extract_and_save", "fit_corrupted", "load_fit", "not_converged_message", "save_fit"]
+           "extract_and_save", "fit_corrupted", "load_fit", "not_converged_message", "save_fit", "scored_swap_fits"]
 
 #: ``finetune.mode``: LoRA on the two final projections over frozen pooled features (``head``),
 #: or LoRA inside the last transformer blocks of both towers plus the projections (``blocks``).
@@ -388,6 +388,32 @@ def _zero_shot(problem: Problem, theta: torch.Tensor) -> float:
     return float("nan") if problem.test_set is None else problem.test_set.accuracy(problem.param, theta)
 
 
+def scored_swap_fits(dataset: str, data_root, encoder_dir, *, attribute: str, rate: float, noise_seeds,
+                     settings: FitSettings = FitSettings(), encoder: str = "embedded", device: str = "cpu",
+                     seed: int = 0) -> dict:
+    """The cleaning stage's own fits: for each noise seed, :func:`fit_corrupted` with a
+    systematic swap of ``attribute`` (every corrupted pair gets the same wrong value) at ``rate``,
+    the influence engine and every detection method's scores
+    (:func:`ecif.experiments.detection.detection_scores`). Returns ``{noise_seed: (fitted,
+    scores)}`` (a :class:`Fitted`; scores by method, without ``random``). The features are
+    temporary."""
+    import tempfile
+
+    from ecif.core.evaluate import validation_gradient
+    from ecif.experiments.detection import detection_scores
+
+    out = {}
+    for noise_seed in noise_seeds:
+        with tempfile.TemporaryDirectory() as features_dir:
+            fitted, _ = fit_corrupted(dataset, data_root, encoder_dir, features_dir, kind="attribute_swap", rate=rate,
+                                      noise_seed=int(noise_seed), systematic=True, attribute=attribute,
+                                      settings=settings, encoder=encoder, device=device)
+        scores = detection_scores(fitted.engine(), validation_gradient(fitted.problem.val, fitted.theta_hat), seed=seed)
+        scores.pop("random", None)  # random deletions are the cleaning table's own rows, one per seed
+        out[int(noise_seed)] = (fitted, scores)
+    return out
+
+
 def fit_corrupted(
     dataset: str,
     data_root: str | Path,
@@ -398,12 +424,14 @@ def fit_corrupted(
     rate: float,
     noise_seed: int,
     systematic: bool = False,
+    attribute: str | None = None,
     settings: FitSettings = FitSettings(),
     encoder: str = "embedded",
     device: str = "cpu",
 ) -> tuple[Fitted, dict]:
     """One cell of a sweep, stages 1 and 3 in one call: corrupt the train split (``kind``,
-    ``rate``, ``noise_seed``, ``systematic`` for ``attribute_swap``), encode every split with the
+    ``rate``, ``noise_seed``, ``systematic`` and ``attribute`` for ``attribute_swap``: the attribute
+    changed, default random per pair, ``color`` when systematic), encode every split with the
     saved frozen encoder (features written to ``features_dir``), build the problem and fit it
     with ``settings``. ``encoder`` is the ``common.encoder`` switch (``embedded``: the default
     encoder saved in ``encoder_dir``), ``device`` where the features are extracted and the
@@ -423,7 +451,7 @@ def fit_corrupted(
 
     t0 = time.perf_counter()
     ds = load_dataset(dataset, root=data_root)
-    corruption = inject(ds["train"], kind, rate, noise_seed, systematic=systematic)
+    corruption = inject(ds["train"], kind, rate, noise_seed, systematic=systematic, attribute=attribute)
     model, tokenizer, _ = load_encoder(encoder, encoder_dir, device=device)
     extract_and_save(features_dir, model, tokenizer, ds, corruption, mode=settings.mode, blocks=settings.blocks)
     features_s = time.perf_counter() - t0

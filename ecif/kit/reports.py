@@ -43,6 +43,7 @@ __all__ = [
     "traceback_rates",
     "traceback_metrics",
     "summary_sections",
+    "peers_table",
     "emi_sections",
     "summary_markdown",
 ]
@@ -359,7 +360,8 @@ def traceback_metrics(rates: pd.DataFrame, n_items: int, n_wrong: int, gallery_s
 
 def summary_sections(metrics: dict) -> dict[str, pd.DataFrame]:
     """The summary report's tables, titled, from the stages' metrics files
-    (``{"ablation": {...}, "detection_summary": {...}, "cleaning": {...}, "traceback": {...}}``)."""
+    (``{"ablation": {...}, "detection_summary": {...}, "cleaning": {...}, "traceback": {...}}``,
+    optionally ``"peers"``: :func:`peers_table`)."""
     out = {"LOO agreement and role ablation": pd.DataFrame(metrics["ablation"]["ablation_roles"]).T}
     det = metrics["detection_summary"]["detection_sweep"]
     out["Detection AUROC (mean over seeds)"] = pd.DataFrame(
@@ -387,7 +389,25 @@ def summary_sections(metrics: dict) -> dict[str, pd.DataFrame]:
         out["Table 1: oracle gap against the random deletions' spread"] = pd.DataFrame([scalars], index=["cleaning"])
     out["Table 2: edited vs retrained"] = pd.DataFrame(metrics["cleaning"]["editing"]).T
     out["Trace-back: fix rate"] = pd.DataFrame(metrics["traceback"]["traceback"]).T
+    if "peers" in metrics:  # stage peers (metrics/peers.json)
+        out["Peers against leave-one-out retraining"] = peers_table(metrics["peers"])
     return out
+
+
+#: The columns of the peers table, in order (the keys ``peers.<name>.<column>``).
+PEER_COLUMNS = ("pearson", "spearman", "pearson_clean", "spearman_clean", "auroc")
+
+
+def peers_table(peers_metrics: dict) -> pd.DataFrame:
+    """One row per peer library (``peers.<name>``) of ``metrics/peers.json``: Pearson and
+    Spearman correlation with the leave-one-out changes on all sampled pairs and on the clean
+    ones only, and detection AUROC (NaN where a peer's entry lacks a column); the ``time`` group
+    is left out (a rerun would change it)."""
+    rows = {name: {c: vals.get(c, np.nan) for c in PEER_COLUMNS}
+            for name, vals in peers_metrics.get("peers", {}).items() if isinstance(vals, dict)}
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=list(PEER_COLUMNS)).astype(float)
+    table.index.name = "peer"
+    return table
 
 
 #: Experiment B columns of the EMI summary table: (metric, decimals).

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ecif.experiments.cleaning import (cleaning_curve, cleaning_table, oracle_removal, separation, table_separation,
-                                       top_fraction)
+from ecif.experiments.cleaning import (cleaning_curve, cleaning_runs, cleaning_table, oracle_removal, separation,
+                                       table_separation, top_fraction)
 
 
 def test_top_fraction():
@@ -96,3 +96,57 @@ def test_cleaning_curve(tp, test_set):
     assert c[c.method == "none"].accuracy.nunique() == 1  # evaluated once, repeated per fraction
     with pytest.raises(ValueError, match="fraction"):
         cleaning_curve(tp.obj, tp.theta, {}, test_set, fractions=(0.1, 1.0))
+
+
+def _fit(tp, test_set, mask):
+    """One entry of cleaning_runs' ``fits``: the tiny problem, with ``mask`` as its injected pairs."""
+    from types import SimpleNamespace
+
+    problem = SimpleNamespace(objective=tp.obj, mask=mask, test_set=test_set, clean_objective=lambda: tp.obj)
+    harm = -tp.engine.influence_scores(tp.val_grad, variants=("ecif",))["ecif"].numpy()
+    return problem, tp.theta, tp.engine, {"ecif": harm}
+
+
+def test_cleaning_runs_oracle_removes_exactly_each_fits_injected_pairs(tp, test_set):
+    """Two fits (noise seeds 3 and 7) with different injected sets: per fit the oracle row removes
+    all of that fit's injected pairs and nothing else, and its accuracy is that of retraining
+    without exactly them; every row carries its noise seed, the curve too."""
+    from ecif.experiments.retraining import retrain
+
+    full = np.asarray(tp.data.misaligned, dtype=bool)
+    half = full.copy()
+    half[np.flatnonzero(full)[::2]] = False  # another "noise seed": half of the injected pairs
+    t, c = cleaning_runs({3: _fit(tp, test_set, full), 7: _fit(tp, test_set, half)}, fraction=0.1,
+                         fractions=(0.05, 0.2), random_seeds=(0, 1))
+    assert list(t.columns[:2]) == ["noise_seed", "method"] and list(c.columns[:3]) == ["noise_seed", "fraction", "method"]
+    assert t.groupby("noise_seed").method.apply(list).to_dict() == {
+        s: ["none", "ecif", "random", "random", "oracle", "clean"] for s in (3, 7)}
+    for seed, mask in ((3, full), (7, half)):
+        oracle = t[(t.noise_seed == seed) & (t.method == "oracle")].iloc[0]
+        assert oracle.n_removed == oracle.n_misaligned_removed == mask.sum()
+        again = retrain(tp.obj, tp.theta, np.flatnonzero(mask), preconditioner=tp.engine.solver)
+        assert oracle.accuracy == pytest.approx(test_set.accuracy(tp.param, again.theta))
+    assert t[(t.noise_seed == 3) & (t.method == "oracle")].n_removed.item() != \
+        t[(t.noise_seed == 7) & (t.method == "oracle")].n_removed.item()
+    assert set(c.noise_seed) == {3, 7} and len(c[c.method == "none"]) == 2 * 2  # per seed, per fraction
+    with pytest.raises(ValueError, match="at least one fit"):
+        cleaning_runs({})
+
+
+def test_pooled_spread_decides_the_verdict():
+    """table_separation over several noise seeds pools the random deletions of all of them: the
+    same gap separates when the random accuracies agree across seeds and does not when they
+    differ between seeds (the seed-to-seed spread), and the verdict follows gap > 2 std."""
+    def runs(randoms):
+        rows = [{"noise_seed": s, "method": m, "accuracy": a} for s in (0, 1)
+                for m, a in (("none", 0.40), ("oracle", 0.46))]
+        rows += [{"noise_seed": s, "method": "random", "accuracy": a} for s, accs in randoms.items() for a in accs]
+        return pd.DataFrame(rows)
+
+    tight = table_separation(runs({0: [0.41, 0.42], 1: [0.41, 0.42]}))
+    spread = table_separation(runs({0: [0.36, 0.37], 1: [0.45, 0.46]}))
+    assert tight["gap"] == spread["gap"] == pytest.approx(0.06)
+    assert tight["random_std"] == pytest.approx(np.std([0.41, 0.42, 0.41, 0.42], ddof=1))
+    assert tight["separable"] and "can separate" in tight["statement"]
+    assert spread["random_std"] == pytest.approx(np.std([0.36, 0.37, 0.45, 0.46], ddof=1))
+    assert not spread["separable"] and "within noise" in spread["statement"]

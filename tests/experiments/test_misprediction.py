@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ecif.experiments.misprediction import counterfactual_traceback, culprit_scores, trace_gallery
+from ecif.experiments.misprediction import counterfactual_traceback, culprit_scores, select_items, trace_gallery
 
 
 def test_culprit_scores_match_engine(tp, test_set):
@@ -34,3 +34,32 @@ def test_gallery_and_counterfactual(tp, test_set):
         counterfactual_traceback(tp.engine, test_set, wrong[:1], ks=(0,))
     with pytest.raises(ValueError, match="out of range"):
         trace_gallery(tp.engine, test_set, [10_000])
+
+
+def test_select_items_orders_the_mispredicted_items():
+    """least_confident: margins closest to 0 first; most_confident: lowest first; never a correct
+    item (margin >= 0); at most n_items; an unknown order is an error."""
+    from types import SimpleNamespace
+
+    margins = np.array([0.5, -3.0, -0.1, 0.0, -0.7, -3.0, 2.0, -0.05])
+    ev = SimpleNamespace(margins=lambda param, theta: margins)
+    assert list(select_items(ev, None, None, 3)) == [7, 2, 4]
+    assert list(select_items(ev, None, None, 10, "least_confident")) == [7, 2, 4, 1, 5]
+    assert list(select_items(ev, None, None, 3, "most_confident")) == [1, 5, 4]  # tie: lower index first
+    with pytest.raises(ValueError, match="order"):
+        select_items(ev, None, None, 3, "random")
+
+
+def test_least_confident_items_are_the_mispredicted_of_smallest_loss(tp, test_set):
+    """On the tiny problem: the selected items are mispredicted, and the least confident ones have
+    margins at least as high as every other mispredicted item (the most confident: as low)."""
+    margins = test_set.margins(tp.param, tp.theta)
+    wrong = test_set.mispredicted(tp.param, tp.theta)
+    if wrong.size < 2:
+        pytest.skip("the tiny problem mispredicts fewer than two test items")
+    least = select_items(test_set, tp.param, tp.theta, 2, "least_confident")
+    most = select_items(test_set, tp.param, tp.theta, 2, "most_confident")
+    assert (margins[least] < 0).all() and (margins[most] < 0).all()
+    others = np.setdiff1d(wrong, least)
+    assert others.size == 0 or margins[least].min() >= margins[others].max()
+    np.testing.assert_array_equal(most, wrong[:2])  # mispredicted() lists the most confidently wrong first

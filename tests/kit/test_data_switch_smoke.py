@@ -89,7 +89,8 @@ def test_caption_folder_labelled(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_caption_folder_unlabelled(tmp_path: Path) -> None:
-    """(c) a caption folder without labels: zero-shot is null with a note; cleaning says why it cannot run."""
+    """(c) a caption folder without labels: zero-shot is null with a note; cleaning on the pipeline's
+    fit (setting pipeline; the default fits its own shapes problems) says why it cannot run."""
     source = write_caption_folder(tmp_path / "pairs", n=62, labels=False)
     root = _run(tmp_path, "captions:my_pairs", {"data/my_pairs": source})
     fit = _check_core_metrics(root)
@@ -98,7 +99,9 @@ def test_caption_folder_unlabelled(tmp_path: Path) -> None:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     proc = subprocess.run([sys.executable, "-m", "ecif.kit.notebook_runner", "cleaning", "--notebook",
-                           "08_cleaning_editing", "--no-html"], cwd=root, env=env, capture_output=True, text=True)
+                           "08_cleaning_editing", "--group", "finetune", "--group", "cleaning",
+                           "--override", "setting=pipeline", "--no-html"],
+                          cwd=root, env=env, capture_output=True, text=True)
     assert proc.returncode == 1
     assert "LabelsRequiredError" in proc.stderr and "needs class labels" in proc.stderr
     assert not (root / "metrics" / "cleaning.json").exists()

@@ -159,7 +159,11 @@ def test_cleaning_findings_best_method_and_random_band():
     assert "0.810 ± 0.010 for random" in out[0]
     assert "+0.100 against no removal" in out[1]
     assert "-0.300" in out[2] and "-0.250" in out[2]
-    assert "best method is cosine" in findings.cleaning_findings(_cleaning(0.82))[0]
+    behind = findings.cleaning_findings(_cleaning(0.82))
+    assert "best method is cosine" in behind[0]
+    assert "cosine is ahead of it by 0.030, beyond two seed-to-seed std (0.020)" in behind[1]  # where ECIF loses
+    assert "ahead of it by 0.005, within two" in findings.cleaning_findings(_cleaning(0.845))[1]
+    assert "ahead" not in out[1]  # ECIF best: nothing ahead of it
     assert "above two" in findings.exercise_cleaning_vs_random({"cleaning": _cleaning(0.9)})[0]
     assert "within two" in findings.exercise_cleaning_vs_random({"cleaning": _cleaning(0.82)})[0]
     assert "below two" in findings.exercise_cleaning_vs_random({"cleaning": _cleaning(0.7)})[0]
@@ -200,6 +204,7 @@ def test_traceback_findings_uses_largest_k_and_random():
     assert out[0] == "12 test items are mispredicted; 4 were traced."
     assert "top 10 culprits by RIS" in out[1] and "fixes 100.0 %" in out[1] and "(8x the margin gain)" in out[1]
     assert "x the margin gain" not in findings.traceback_findings(_traceback(-0.1))[1]
+    assert out[2] == "The control: removing 10 random pairs fixes 0.0 % of the items."  # the random control's fixes
     rates = pd.DataFrame({"method": ["is", "ris"], "k": [5, 5], "misaligned_removed": [3.0, 1.0]}).set_index(["method", "k"])
     assert findings.exercise_traceback_misaligned(rates) == ["is     k = 5: 3.00 misaligned among the removed",
                                                             "ris    k = 5: 1.00 misaligned among the removed"]

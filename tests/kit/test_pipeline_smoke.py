@@ -205,6 +205,8 @@ def test_cleaning_and_editing_metrics(smoke_run: Path) -> None:
     assert m["cleaning.random_std"] >= 0 and isinstance(m["cleaning.separable"], bool)
     curve = pd.read_csv(smoke_run / "plots" / "cleaning_curve.csv")
     assert sorted(curve.fraction.unique()) == [0.05, 0.2]
+    table = pd.read_csv(smoke_run / "plots" / "cleaning.csv")  # default setting shapes_swap: one fit per noise seed
+    assert set(table.noise_seed) == {0, 1} and (table[table.method == "oracle"].n_misaligned_removed > 0).all()
     assert {"none", "random", "oracle", "ecif", "cosine"} <= set(curve.method)
     assert (smoke_run / "reports" / "figures" / "08_cleaning_curve.png").stat().st_size > 0
     for frac in ("frac_5pct", "frac_20pct"):
@@ -233,6 +235,7 @@ def test_traceback_and_summary(smoke_run: Path) -> None:
     for method in ("ris", "is", "random"):
         assert 0.0 <= m[f"traceback.{method}_k2.fix_rate"] <= 1.0
     summary = (smoke_run / "reports" / "tables" / "summary.md").read_text()
-    for title in ("Table 1: cleaning", "Table 2: edited vs retrained", "Winner per misalignment kind"):
+    for title in ("Table 1: cleaning", "Table 2: edited vs retrained", "Winner per misalignment kind",
+                  "Peers against leave-one-out retraining"):
         assert title in summary
     assert "| oracle" in summary and "| clean" in summary and "acc_cold_retrained" in summary

@@ -291,3 +291,54 @@ def test_clean_objective_uses_the_true_captions(tmp_path):
     torch.testing.assert_close(c._y, as_tensor(y_clean[:50]))
     theta = p.param.theta0
     assert float(c.loss(theta)) != float(p.objective.loss(theta))
+
+
+def test_fit_corrupted_passes_the_swapped_attribute_to_inject(monkeypatch):
+    """fit_corrupted(attribute=...) reaches inject: the cleaning stage's systematic shape swap."""
+    import ecif.data.datasets
+    import ecif.data.noise
+    from ecif.kit.problem import fit_corrupted
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_inject(split, kind, rate, seed, **kw):
+        seen.update(kind=kind, rate=rate, seed=seed, **kw)
+        raise Stop
+
+    monkeypatch.setattr(ecif.data.datasets, "load_dataset", lambda name, root=None: {"train": None})
+    monkeypatch.setattr(ecif.data.noise, "inject", fake_inject)
+    with pytest.raises(Stop):
+        fit_corrupted("shapes", "data", "enc", "feats", kind="attribute_swap", rate=0.2, noise_seed=4,
+                      systematic=True, attribute="shape")
+    assert seen == {"kind": "attribute_swap", "rate": 0.2, "seed": 4, "systematic": True, "attribute": "shape"}
+
+
+def test_scored_swap_fits_one_scored_fit_per_noise_seed(monkeypatch):
+    """scored_swap_fits: a systematic attribute_swap fit per noise seed, every method's scores
+    but not `random` (the cleaning table draws its own random deletions)."""
+    import types
+
+    import ecif.core.evaluate
+    import ecif.experiments.detection
+    import ecif.kit.problem as P
+
+    calls = []
+
+    def fake_fit(dataset, data_root, encoder_dir, features_dir, **kw):
+        calls.append(dict(kw, dataset=dataset))
+        fitted = types.SimpleNamespace(problem=types.SimpleNamespace(val=None), theta_hat=None, engine=lambda: None)
+        return fitted, {}
+
+    monkeypatch.setattr(P, "fit_corrupted", fake_fit)
+    monkeypatch.setattr(ecif.core.evaluate, "validation_gradient", lambda val, theta: None)
+    monkeypatch.setattr(ecif.experiments.detection, "detection_scores",
+                        lambda engine, g, seed=0: {"ecif": np.zeros(3), "random": np.ones(3)})
+    out = P.scored_swap_fits("shapes", "data", "enc", attribute="shape", rate=0.2, noise_seeds=[0, 2],
+                             settings=P.FitSettings(lam=0.03))
+    assert list(out) == [0, 2] and all(set(scores) == {"ecif"} for _, scores in out.values())
+    assert [c["noise_seed"] for c in calls] == [0, 2]
+    assert all(c["kind"] == "attribute_swap" and c["systematic"] and c["attribute"] == "shape" and c["rate"] == 0.2
+               and c["settings"].lam == 0.03 and c["dataset"] == "shapes" for c in calls)

@@ -261,3 +261,34 @@ def test_runtime_table_from_the_time_group() -> None:
     assert t.loc["ecif", "cold_retrain_median_s"] == 3.0 and t.loc["newton", "warm_retrain_median_s"] == 0.6
     assert np.isnan(t.loc["newton", "cold_retrain_median_s"]) and (t["hessian_factorise_s"] == 0.5).all()
     assert R.runtime_table({}).empty
+
+
+def test_peers_table_from_a_hand_made_metrics_dict() -> None:
+    """The summary's peers table: one row per peer of metrics/peers.json, the five agreement
+    columns in order, a missing column as NaN, the time group left out."""
+    peers = {"peers": {"kronfluence_ekfac": {"pearson": 0.9, "spearman": 0.8, "pearson_clean": 0.7,
+                                             "spearman_clean": 0.6, "auroc": 0.95},
+                       "dattri_cg": {"pearson": 0.5, "spearman": 0.4, "auroc": 0.55}},
+             "time": {"kronfluence_ekfac_s": 3.0, "dattri_cg_s": 1.0}}
+    t = R.peers_table(peers)
+    assert list(t.index) == ["kronfluence_ekfac", "dattri_cg"] and list(t.columns) == list(R.PEER_COLUMNS)
+    assert t.loc["kronfluence_ekfac", "spearman_clean"] == 0.6 and t.loc["dattri_cg", "auroc"] == 0.55
+    assert np.isnan(t.loc["dattri_cg", "pearson_clean"])
+    assert not [c for c in t.columns if c.endswith("_s")]
+
+
+def test_summary_sections_add_the_peers_table_only_with_peers_metrics() -> None:
+    """summary_sections: the peers section appears when metrics["peers"] is given, else not."""
+    base = {"ablation": {"ablation_roles": {"ecif": {"spearman": 0.9}},
+                         "sensitivity": {s: {} for s in ("damping", "lam", "batch_size")}},
+            "detection_summary": {"detection_sweep": {}, "detection_winner": {}},
+            "cleaning": {"cleaning": {"none": {"accuracy_mean": 0.5}}, "editing": {}},
+            "traceback": {"traceback": {}}}
+    title = "Peers against leave-one-out retraining"
+    assert title not in R.summary_sections(base)
+    with_peers = R.summary_sections(dict(base, peers={"peers": {"dattri_cg": {"pearson": 0.5, "spearman": 0.4,
+                                                                               "pearson_clean": 0.3,
+                                                                               "spearman_clean": 0.2,
+                                                                               "auroc": 0.6}}}))
+    assert with_peers[title].loc["dattri_cg", "auroc"] == 0.6
+    assert title in R.summary_markdown(with_peers)
