@@ -44,7 +44,7 @@ def _row(encoder_dir: str, n: int, blocks: int, targets: tuple, queue) -> None:
     from ecif.core.fit import fit
     from ecif.core.influence import ECIF
     from ecif.core.objective import ContrastiveObjective
-    from ecif.data.block_features import extract_block_features
+    from ecif.experiments.block_features import extract_block_features
     from ecif.data.datasets import load_dataset
     from ecif.data.encoders import load_default
     from ecif.data.noise import inject

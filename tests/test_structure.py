@@ -27,7 +27,8 @@ PACKAGE = ROOT / "ecif"
 
 #: What the math may import besides ``ecif.core`` (top-level module names).
 CORE_ALLOWED = {"__future__", "torch", "numpy", "dataclasses", "typing", "warnings", "time", "math",
-                "functools", "itertools", "collections", "abc", "enum"}
+                "functools", "itertools", "collections", "abc", "enum",
+                "sys"}  # sys: progress lines of long fits and solves go to sys.stderr
 #: Layer -> the ``ecif`` subpackages it may import.
 LAYERS = {
     "core": {"core"},

@@ -1,7 +1,7 @@
 """LoRA inside the last transformer blocks of both towers: the block parametrization.
 
 The frozen prefix of each tower (patch or token embedding and the first blocks) is run once,
-when features are extracted (:mod:`ecif.data.block_features`); what stays in the loss is the
+when features are extracted (:mod:`ecif.experiments.block_features`); what stays in the loss is the
 **suffix**: the last ``L`` transformer blocks, the final LayerNorm, the pooling and the final
 projection. :class:`BlockLoRA` puts rank-``r`` LoRA adapters on the weight matrices of those
 blocks and on both final projections; a loss evaluation runs only the suffix.
@@ -445,7 +445,7 @@ class BlockLoRA(Parametrization):
             raise ValueError(
                 f"{what} must be block feature rows of shape (n, {tower.feature_dim}) = (n, T (w + 2)) with "
                 f"T = {tower.tokens}, w = {tower.width}; got {tuple(z.shape)}. Extract them with "
-                "ecif.data.block_features (finetune.mode: blocks) for the same encoder and number of blocks."
+                "ecif.experiments.block_features (finetune.mode: blocks) for the same encoder and number of blocks."
             )
 
     def prepare(self, x: torch.Tensor, y: torch.Tensor) -> BlockPrepared:

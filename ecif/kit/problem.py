@@ -184,7 +184,7 @@ def build_problem(
         y_clean = None if y_clean is None else y_clean[:n_train]
     n = len(x)
     if mode == "blocks":
-        from ecif.data.block_features import load_suffix
+        from ecif.experiments.block_features import load_suffix
 
         image, text = load_suffix(Path(features_dir) / "suffix.pt")
         param = BlockLoRA(image, text, float(feats["log_logit_scale"]), rank=rank, targets=tuple(targets), seed=seed,
@@ -232,7 +232,7 @@ def extract_and_save(features_dir: str | Path, model, tokenizer, dataset, corrup
     """Encode every split for ``mode`` and write the features to ``features_dir``: pooled
     pre-projection features (``head``, :func:`ecif.data.features.extract_features`) or block
     rows plus the suffix ``suffix.pt`` (``blocks``, the last ``blocks`` blocks of each tower
-    adapted, :func:`ecif.data.block_features.extract_block_features`). Returns the features."""
+    adapted, :func:`ecif.experiments.block_features.extract_block_features`). Returns the features."""
     from ecif.data.features import extract_features, save_features
 
     if mode not in MODES:
@@ -241,7 +241,7 @@ def extract_and_save(features_dir: str | Path, model, tokenizer, dataset, corrup
         feats = extract_features(model, tokenizer, dataset, corruption=corruption, progress=False)
         save_features(features_dir, feats)
         return feats
-    from ecif.data.block_features import extract_block_features, save_suffix
+    from ecif.experiments.block_features import extract_block_features, save_suffix
 
     feats = extract_block_features(model, tokenizer, dataset, blocks, corruption=corruption)
     image, text = feats.pop("suffix")

@@ -19,7 +19,7 @@ from ecif.core.fit import fit
 from ecif.core.influence import ECIF
 from ecif.core.objective import ContrastiveObjective
 from ecif.data import encoders as E
-from ecif.data.block_features import extract_block_features
+from ecif.experiments.block_features import extract_block_features
 from ecif.data.embedded import digits
 from ecif.data.noise import inject
 from ecif.experiments.metrics import loo_agreement

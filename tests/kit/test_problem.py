@@ -47,7 +47,7 @@ def test_build_problem(saved):
     np.testing.assert_array_equal(problem.mask, d.misaligned[:50])
     assert problem.param.n_params == 2 * (5 + 5 + 2 * 4) + 1
     assert problem.config == {"features_dir": str(folder), "rank": 2, "lam": 0.3, "batch_size": 16, "seed": 1,
-                              "n_train": 50, "centre": False, "centre_split": None, "device": "cpu"}
+                              "n_train": 50, "centre": False, "centre_split": None, "device": "cpu", "mode": "head"}
     # the zero-shot test set: float64 features of the test split and its labels
     test = problem.test_set
     assert isinstance(test, ZeroShotSet) and len(test) == 30 and test.x.dtype == torch.float64
@@ -160,7 +160,7 @@ def test_fit_settings():
     assert (s.rank, s.lam, s.batch_size, s.seed, s.gtol, s.max_iter, s.method, s.n_train, s.centre) == (
         1, 0.1, 64, 0, 1e-9, 100, "newton-cg", None, False)
     assert FitSettings(rank=3).problem_kwargs() == {"rank": 3, "lam": 0.1, "batch_size": 64, "seed": 0,
-                                                    "n_train": None, "centre": False}
+                                                    "n_train": None, "centre": False, "targets": ("qv",)}
 
 
 # ------------------------------------------------------- centring (issue 10 point 4, docs/math.md §13)

@@ -8,7 +8,7 @@ import torch
 
 from ecif.core.blocks import BlockLoRA, tower_forward
 from ecif.data import encoders as E
-from ecif.data.block_features import (extract_block_features, image_rows, load_suffix, save_suffix, text_rows,
+from ecif.experiments.block_features import (extract_block_features, image_rows, load_suffix, save_suffix, text_rows,
                                       tower_suffix)
 from ecif.data.embedded import digits
 from ecif.data.noise import inject

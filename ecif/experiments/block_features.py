@@ -46,7 +46,7 @@ def _t(p) -> torch.Tensor:
 
 
 def _ln(m: nn.LayerNorm) -> LayerNormSpec:
-    return LayerNormSpec(_t(m.weight) if m.weight is not None else torch.ones(m.normalized_shape, dtype=torch.float64),
+    return LayerNormSpec(_t(m.weight) if m.weight is not None else torch.ones(m.normalized_shape, dtype=torch.float64, device="cpu"),
                          None if m.bias is None else _t(m.bias), float(m.eps))
 
 
@@ -321,8 +321,8 @@ def check_suffix(model, tokenizer, suffix_img: TowerSuffix, suffix_txt: TowerSuf
     dev = _device(model)
     ref_u = model.encode_image(image_tensor(images, getattr(model.visual, "preprocess_cfg", {})).to(dev)).double().cpu()
     ref_w = model.encode_text(tokenizer(list(texts)).to(dev)).double().cpu()
-    u = tower_forward(torch.as_tensor(x_rows, dtype=torch.float64), suffix_img)
-    w = tower_forward(torch.as_tensor(y_rows, dtype=torch.float64), suffix_txt)
+    u = tower_forward(torch.as_tensor(x_rows, dtype=torch.float64, device="cpu"), suffix_img)
+    w = tower_forward(torch.as_tensor(y_rows, dtype=torch.float64, device="cpu"), suffix_txt)
     err = max(float((u - ref_u).norm() / ref_u.norm()), float((w - ref_w).norm() / ref_w.norm()))
     if err > rtol:
         raise RuntimeError(f"the extracted block suffix reproduces the model's embeddings only to relative error {err:.2e} "
