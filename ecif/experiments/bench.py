@@ -1,7 +1,7 @@
 """Benchmark: scoring every training pair with ECIF against one cold and one warm retraining.
 
-    python -m ecif.bench                                    # the default grid, n from 1k to 100k
-    python -m ecif.bench --n 1000 4000 16000 100000         # these n, batch 256, one row each
+    python -m ecif.experiments.bench                        # the default grid, n from 1k to 100k
+    python -m ecif.experiments.bench --n 1000 4000 16000 100000  # these n, batch 256, one row each
     python -m ecif.experiments.bench --n 1000 --batch 0     # one configuration, one full batch
 
 For each configuration (``n`` pairs, fixed batching of ``batch`` pairs or one full batch) on
