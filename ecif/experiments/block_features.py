@@ -145,36 +145,27 @@ def tower_suffix(model, tower: str, n_blocks: int, tokens: int) -> TowerSuffix:
         vis = model.visual
         if vis.attn_pool is not None or vis.pool_type not in ("tok", "avg"):
             raise ValueError(f"block mode supports class-token or average pooling of the ViT: {_HEAD_MODE}.")
-        proj = Linear(_t(vis.proj).T.contiguous()) if vis.proj is not None else None
         suffix = [_open_clip_block(b) for b in chosen]
-        return TowerSuffix(suffix, _ln(vis.ln_post), _need(proj, tower), tokens, bool(getattr(vis, "final_ln_after_pool", False)))
+        return TowerSuffix(suffix, _ln(vis.ln_post), _projection(vis.proj, tower), tokens,
+                           bool(getattr(vis, "final_ln_after_pool", False)))
     if kind == "hf":
         text = model.text
-        p = text.proj
-        if isinstance(p, nn.Linear):
-            proj = _lin(p)
-        elif isinstance(p, nn.Parameter):
-            proj = Linear(_t(p).T.contiguous())
-        else:
-            proj = None
-        return TowerSuffix([_bert_block(l, text.config) for l in chosen], None, _need(proj, tower), tokens)
+        return TowerSuffix([_bert_block(l, text.config) for l in chosen], None, _projection(text.proj, tower), tokens)
     transformer, ln_final, tp, _, _, _ = _text_parts(model)
-    if isinstance(tp, nn.Linear):
-        proj = _lin(tp)
-    elif isinstance(tp, nn.Parameter):
-        proj = Linear(_t(tp).T.contiguous())
-    else:
-        proj = None
     suffix = [_open_clip_block(b) for b in chosen]
     for b in suffix:
         b.causal = True
-    return TowerSuffix(suffix, _ln(ln_final), _need(proj, tower), tokens)
+    return TowerSuffix(suffix, _ln(ln_final), _projection(tp, tower), tokens)
 
 
-def _need(proj, tower):
-    if proj is None:
-        raise ValueError(f"block mode needs a linear final projection of the {tower} tower: {_HEAD_MODE}.")
-    return proj
+def _projection(p, tower: str) -> Linear:
+    """The final projection of ``tower`` as a :class:`Linear` ``(e, w)``: an ``nn.Linear`` as it is,
+    an open_clip ``(w, e)`` parameter (used as ``x @ p``) transposed; anything else is refused."""
+    if isinstance(p, nn.Linear):
+        return _lin(p)
+    if isinstance(p, nn.Parameter):
+        return Linear(_t(p).T.contiguous())
+    raise ValueError(f"block mode needs a linear final projection of the {tower} tower: {_HEAD_MODE}.")
 
 
 # --------------------------------------------------------------------------------------------
