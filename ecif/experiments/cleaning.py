@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from ecif.core.fit import fit
-from ecif.experiments.retraining import retrain
+from ecif.experiments.distributed import retrain_many
 
 __all__ = ["cleaning_curve", "cleaning_runs", "cleaning_table", "oracle_removal", "separation", "table_separation", "top_fraction"]
 
@@ -77,21 +77,29 @@ def table_separation(clean: pd.DataFrame, n_std: float = 2.0) -> dict:
     return separation(float(acc.mean()["none"]), oracle, randoms, n_std=n_std)
 
 
-def _run(objective, theta_hat, runs, evaluation, mask, init, gtol, preconditioner) -> list[dict]:
-    """One row per ``(method, seed, removed)`` run (``removed=None``: ``theta_hat`` itself)."""
+def _run(objective, theta_hat, runs, evaluation, mask, init, gtol, preconditioner, client=None) -> list[dict]:
+    """One row per ``(method, seed, removed)`` run (``removed=None``: ``theta_hat`` itself). The
+    refits go through :func:`ecif.experiments.distributed.retrain_many`: serial without
+    ``client``, one Dask task each with it (the same numbers either way); ``seconds`` is the
+    refit's own wall time."""
+    refits = [r for r in runs if r[2] is not None]
+    done = iter(retrain_many(objective, theta_hat, [r[2] for r in refits], client=client, init=init, gtol=gtol,
+                             preconditioner=preconditioner, keep_theta=True, label="cleaning refit",
+                             progress=len(refits) > 1))
     rows = []
     for name, seed, removed in runs:
-        t0 = time.perf_counter()
         if removed is None:
+            t0 = time.perf_counter()
             theta, gnorm, conv = theta_hat, float(objective.gradient(theta_hat).norm()), True
+            seconds = time.perf_counter() - t0
         else:
-            res = retrain(objective, theta_hat, removed, init=init, gtol=gtol, preconditioner=preconditioner)
-            theta, gnorm, conv = res.theta, res.grad_norm, res.converged
+            res = next(done)
+            theta, gnorm, conv, seconds = res["theta"], res["grad_norm"], res["converged"], res["seconds"]
         rows.append({
             "method": name, "seed": seed, "n_removed": 0 if removed is None else len(removed),
             "n_misaligned_removed": (np.nan if mask is None else (0 if removed is None else int(mask[removed].sum()))),
             "accuracy": evaluation.accuracy(objective.param, theta),
-            "grad_norm": gnorm, "converged": conv, "seconds": time.perf_counter() - t0,
+            "grad_norm": gnorm, "converged": conv, "seconds": seconds,
         })
     return rows
 
@@ -105,7 +113,7 @@ def _check_mask(mask, n):
 
 def cleaning_table(objective, theta_hat, scores: dict, evaluation, fraction: float = 0.1, mask=None,
                    random_seeds=(0, 1, 2), init: str = "warm", preconditioner=None,
-                   gtol: float = 1e-9, clean_objective=None) -> pd.DataFrame:
+                   gtol: float = 1e-9, clean_objective=None, client=None) -> pd.DataFrame:
     """Remove the top ``fraction`` by each method in ``scores`` (dict name -> ``(n,)`` detection
     scores), retrain, and evaluate; plus ``none`` (``theta_hat`` itself) and ``random`` deletions
     of the same size for each seed in ``random_seeds``; plus the references ``oracle`` (when
@@ -127,7 +135,7 @@ def cleaning_table(objective, theta_hat, scores: dict, evaluation, fraction: flo
     runs += [("random", int(seed), np.random.default_rng(seed).choice(n, m, replace=False)) for seed in random_seeds]
     if mask is not None and mask.any():
         runs.append(("oracle", -1, oracle_removal(mask)))
-    rows = _run(objective, theta_hat, runs, evaluation, mask, init, gtol, preconditioner)
+    rows = _run(objective, theta_hat, runs, evaluation, mask, init, gtol, preconditioner, client)
     if clean_objective is not None:
         t0 = time.perf_counter()
         res = fit(clean_objective, theta_init=theta_hat if init == "warm" else clean_objective.theta0, gtol=gtol,
@@ -141,7 +149,7 @@ def cleaning_table(objective, theta_hat, scores: dict, evaluation, fraction: flo
 
 def cleaning_curve(objective, theta_hat, scores: dict, evaluation, fractions=(0.05, 0.1, 0.2), mask=None,
                    random_seeds=(0, 1, 2), init: str = "warm", preconditioner=None,
-                   gtol: float = 1e-9) -> pd.DataFrame:
+                   gtol: float = 1e-9, client=None) -> pd.DataFrame:
     """The removal-fraction curve: for each ``fraction`` (``k = round(fraction * n)`` pairs), the
     rows of :func:`cleaning_table` (``none``, each method's top ``k``, ``random`` per seed) plus
     ``oracle``, which removes :func:`oracle_removal` ``(mask, k)``: the first ``min(k, n_injected)``
@@ -160,12 +168,12 @@ def cleaning_curve(objective, theta_hat, scores: dict, evaluation, fractions=(0.
         if mask is not None and mask.any():
             runs.append(("oracle", -1, oracle_removal(mask, k)))
         rows += [{"fraction": float(f), **r} for r in [none] + _run(objective, theta_hat, runs, evaluation, mask,
-                                                                     init, gtol, preconditioner)]
+                                                                     init, gtol, preconditioner, client)]
     return pd.DataFrame(rows)
 
 
 def cleaning_runs(fits: dict, fraction: float = 0.1, fractions=(0.05, 0.1, 0.2), random_seeds=(0, 1, 2),
-                  init: str = "warm", gtol: float = 1e-9) -> tuple[pd.DataFrame, pd.DataFrame]:
+                  init: str = "warm", gtol: float = 1e-9, client=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """:func:`cleaning_table` (with the ``oracle`` and ``clean`` rows) and :func:`cleaning_curve`
     of several fits: ``fits`` maps a noise seed to ``(problem, theta_hat, engine, scores)``
     (a :class:`~ecif.kit.problem.Problem`, its optimum, the :class:`~ecif.core.influence.ECIF`
@@ -175,7 +183,8 @@ def cleaning_runs(fits: dict, fraction: float = 0.1, fractions=(0.05, 0.1, 0.2),
     ``random``), and :func:`table_separation` compares the oracle gap with that pooled spread."""
     tables, curves = [], []
     for noise_seed, (problem, theta_hat, engine, scores) in fits.items():
-        common = dict(mask=problem.mask, random_seeds=random_seeds, init=init, preconditioner=engine.solver, gtol=gtol)
+        common = dict(mask=problem.mask, random_seeds=random_seeds, init=init, preconditioner=engine.solver, gtol=gtol,
+                      client=client)
         t = cleaning_table(problem.objective, theta_hat, scores, problem.test_set, fraction=fraction,
                            clean_objective=problem.clean_objective(), **common)
         c = cleaning_curve(problem.objective, theta_hat, scores, problem.test_set, fractions=fractions, **common)

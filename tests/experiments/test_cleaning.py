@@ -150,3 +150,20 @@ def test_pooled_spread_decides_the_verdict():
     assert tight["separable"] and "can separate" in tight["statement"]
     assert spread["random_std"] == pytest.approx(np.std([0.36, 0.37, 0.45, 0.46], ddof=1))
     assert not spread["separable"] and "within noise" in spread["statement"]
+
+
+@pytest.mark.slow
+def test_cleaning_refits_on_a_two_worker_local_cluster_equal_the_serial_ones(tp, test_set):
+    from ecif.experiments import distributed
+
+    harm = -tp.engine.influence_scores(tp.val_grad, variants=("ecif",))["ecif"].numpy()
+    kw = dict(fraction=0.1, mask=tp.data.misaligned, random_seeds=(0, 1), preconditioner=tp.engine.solver)
+    serial = cleaning_table(tp.obj, tp.theta, {"ecif": harm}, test_set, **kw)
+    client = distributed.connect("local:2")
+    try:
+        spread = cleaning_table(tp.obj, tp.theta, {"ecif": harm}, test_set, client=client, **kw)
+    finally:
+        distributed.close(client)
+    cols = [c for c in serial.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(serial[cols], spread[cols], check_exact=True)
+    assert list(spread.method) == ["none", "ecif", "random", "random", "oracle"]
