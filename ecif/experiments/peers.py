@@ -72,7 +72,7 @@ from ecif.experiments.baselines import harmfulness
 from ecif.experiments.metrics import auroc, loo_agreement
 
 __all__ = ["PEERS", "PEER_LIBRARY", "INSTALL_HINT", "PeerResult", "PeerUnavailable", "HeadsModule", "PairExamples",
-           "available", "train_examples", "query_example", "example_losses", "peer_scores", "agreement"]
+           "available", "train_examples", "query_example", "example_losses", "peer_scores", "agreement", "unsupported"]
 
 #: The peers, in the order the kit reports them.
 PEERS = ("kronfluence_ekfac", "kronfluence_kfac", "kronfluence_identity", "dattri_cg", "dattri_explicit")
@@ -91,6 +91,19 @@ def _check_name(name: str) -> str:
     if name not in PEERS:
         raise ValueError(f"unknown peer {name!r}; choose from {PEERS}.")
     return name
+
+
+def unsupported(param) -> str | None:
+    """Why the peers cannot score the fine-tuning model ``param``, or ``None`` when they can.
+
+    The adapters wrap the head-mode :class:`~ecif.core.heads.LoRAHeads` (two LoRA projections and
+    the logit scale) as an ``nn.Module`` whose linear layers the libraries hook. Block mode's
+    adapters live inside functional transformer blocks over cached activations
+    (:class:`~ecif.core.blocks.BlockLoRA`), which no library can hook as it stands."""
+    if isinstance(param, LoRAHeads):
+        return None
+    return (f"the peer adapters wrap the head-mode LoRA heads; this fit's model is {type(param).__name__} "
+            "(finetune.mode: blocks). Run the peers on a head-mode fit: finetune.mode: head")
 
 
 def available(name: str) -> bool:

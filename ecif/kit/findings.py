@@ -155,8 +155,11 @@ def peers_findings(stats: dict, peers, kit: str = "ecif", target: str = "positiv
     library targets) and ``kit`` (ECIF); ``stats`` maps a method to
     :func:`ecif.experiments.peers.agreement`."""
     peers = list(peers)
-    best = max(peers, key=lambda m: stats[m]["spearman"])
     k, t = stats[kit], stats[target]
+    if not peers:
+        return [f"No peer ran. Against retraining: ECIF Spearman {k['spearman']:.3f}, the kit's {target} variant "
+                f"{t['spearman']:.3f}; detection AUROC ECIF {k['auroc']:.3f}, {target} {t['auroc']:.3f}."]
+    best = max(peers, key=lambda m: stats[m]["spearman"])
     out = [f"Best peer against retraining: {best}, Spearman {stats[best]['spearman']:.3f} (Pearson "
            f"{stats[best]['pearson']:.3f}); the kit's {target} variant {t['spearman']:.3f}, ECIF {k['spearman']:.3f}."]
     for m in peers:

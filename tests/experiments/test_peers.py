@@ -102,6 +102,8 @@ def test_bad_inputs_are_refused_with_the_fix(monkeypatch) -> None:
     lin = LinearHeads(np.eye(4, 6), np.eye(4, 5), 1.0)
     with pytest.raises(TypeError, match="LoRAHeads"):
         peers.HeadsModule(lin, lin.theta0)
+    assert peers.unsupported(obj.param) is None  # the head-mode LoRA heads: the peers run
+    assert "finetune.mode: head" in peers.unsupported(lin)  # any other model: why not, and the fix
     monkeypatch.setattr(peers.importlib.util, "find_spec", lambda name: None)
     assert not peers.available("kronfluence_ekfac")
     with pytest.raises(peers.PeerUnavailable, match=r"pip install -e '\.\[peers\]'"):

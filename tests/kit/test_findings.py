@@ -293,3 +293,15 @@ def test_exercise_relabel_merge_bijection_keeps_mi():
     merged = np.asarray(ds.spec.render({**attrs, "color": np.where(colour == red, blue, colour)}))
     lost = discrete_mi(clean, clean) - discrete_mi(merged, merged)
     assert lost > 0.05 and f"discrete EMI {-lost:+.4f} nats" in merge
+
+
+def test_peers_findings_rank_the_peers_and_say_when_none_ran():
+    from ecif.kit.findings import peers_findings
+
+    row = lambda s, a: {"spearman": s, "spearman_clean": s - 0.1, "pearson": s, "auroc": a}  # noqa: E731
+    stats = {"ecif": row(0.95, 0.90), "positive": row(0.80, 0.85), "dattri_cg": row(0.81, 0.95)}
+    lines = peers_findings(stats, ["dattri_cg"])
+    assert lines[0].startswith("Best peer against retraining: dattri_cg, Spearman 0.810")
+    assert "0.010 above the positive" in lines[1] and lines[-1].endswith("dattri_cg beats ECIF.")
+    none = peers_findings(stats, [])
+    assert len(none) == 1 and none[0].startswith("No peer ran.") and "ECIF Spearman 0.950" in none[0]
