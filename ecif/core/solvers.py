@@ -121,13 +121,21 @@ class CGSolver:
     progress:
         ``True``: a line on ``sys.stderr`` every ``progress_every`` iterations (iteration,
         relative residual); a callable receives ``(iteration, relative_residual)`` instead.
+    materialise:
+        For a matrix of right-hand sides ``(P, k)``: when the first column's iteration count
+        times the remaining ``k - 1`` columns exceeds ``P``, forming ``H`` from ``P`` products
+        with the unit vectors is cheaper than the remaining solves, so the solver does that
+        once, keeps the :class:`DenseSolver` and answers this and every later solve from it
+        (``report["materialised"]``). The answer is the exact solve, within the CG tolerance of
+        the column-by-column path. ``False`` always iterates.
     """
 
     def __init__(self, hvp: Callable[[torch.Tensor], torch.Tensor], n_params: int, damping: float = 0.0,
                  rtol: float = 1e-10, max_iter: int | None = None, strict: bool = True,
                  preconditioner: Callable[[torch.Tensor], torch.Tensor] | None = None, progress=None,
-                 progress_every: int = 10):
-        self.hvp, self.n_params = hvp, int(n_params)
+                 progress_every: int = 10, materialise: bool = True):
+        self.hvp, self.n_params, self.materialise = hvp, int(n_params), bool(materialise)
+        self._dense: DenseSolver | None = None
         self.preconditioner, self.progress, self.progress_every = preconditioner, progress, int(progress_every)
         self.damping = _check_damping(damping)
         if not (0 < rtol < 1):
@@ -212,9 +220,33 @@ class CGSolver:
         b = torch.as_tensor(b, dtype=DTYPE, device=device_of(b))
         if b.shape[0] != self.n_params:
             raise ValueError(f"b must have {self.n_params} rows, got shape {tuple(b.shape)}.")
+        if self._dense is not None:
+            return self._dense.solve(b)
         if b.ndim == 1:
             return self._solve_one(b)
-        return torch.stack([self._solve_one(b[:, j]) for j in range(b.shape[1])], dim=1)
+        first = self._solve_one(b[:, 0])
+        if self.materialise and self.report["iterations"] * (b.shape[1] - 1) > self.n_params:
+            self._dense = self._materialised(b.device)
+            rest = self._dense.solve(b[:, 1:])
+        else:
+            rest = torch.stack([self._solve_one(b[:, j]) for j in range(1, b.shape[1])], dim=1) \
+                if b.shape[1] > 1 else b[:, 1:]
+        return torch.cat([first[:, None], rest], dim=1)
+
+    def _materialised(self, device) -> "DenseSolver":
+        """``H`` from its ``P`` columns ``H e_j`` (symmetrised), as a :class:`DenseSolver` with this
+        solver's damping; refuses (strict) or warns when ``H + mu I`` is not positive definite."""
+        eye = torch.eye(self.n_params, dtype=DTYPE, device=device)
+        h = torch.stack([self.hvp(eye[:, j]) for j in range(self.n_params)], dim=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # judged below, by this solver's rule
+            dense = DenseSolver(h, self.damping)
+        self.report["materialised"] = {"hvps": self.n_params, "min_eigenvalue": dense.report["min_eigenvalue"],
+                                       "after_iterations": self.report["iterations"]}
+        if not dense.report["positive_definite"]:
+            self._fail(f"H + mu I is not positive definite (smallest eigenvalue "
+                       f"{dense.report['min_eigenvalue']:.3e}): raise the damping or the regularisation.")
+        return dense
 
 
 class SpectralPreconditioner:

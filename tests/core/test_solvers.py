@@ -47,6 +47,31 @@ def test_cg_agrees_with_dense_on_objective():
     assert torch.allclose(cg.solve(b2)[:, 1], 2 * x_cg, atol=1e-9)
 
 
+def test_cg_materialises_the_hessian_when_many_columns_cost_more_than_p_products():
+    h = _spd(p=20, cond=1e3)
+    calls = []
+    hvp = lambda v: calls.append(1) or h @ v  # noqa: E731
+    b = torch.randn(20, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    exact = torch.linalg.solve(h + 0.1 * torch.eye(20, dtype=torch.float64), b)
+    lazy = CGSolver(hvp, 20, damping=0.1, rtol=1e-12)
+    x = lazy.solve(b)  # first column by CG (~20 its), then 11 x 20 > 20: form H from 20 products
+    its = lazy.report["solves"][0]["iterations"] + 1  # + the true-residual product
+    assert lazy.report["materialised"]["hvps"] == 20 and len(calls) == its + 20
+    torch.testing.assert_close(x, exact, rtol=1e-9, atol=1e-10)
+    n_before = len(calls)
+    torch.testing.assert_close(lazy.solve(b[:, 0]), exact[:, 0], rtol=1e-9, atol=1e-10)
+    assert len(calls) == n_before  # later solves reuse the dense factorisation
+    iterating = CGSolver(h.__matmul__, 20, damping=0.1, rtol=1e-12, materialise=False)
+    torch.testing.assert_close(iterating.solve(b), x, rtol=1e-9, atol=1e-10)
+    assert "materialised" not in iterating.report and len(iterating.report["solves"]) == 12
+    two = CGSolver(h.__matmul__, 20, damping=0.1, rtol=1e-12)
+    two.solve(b[:, :2])  # one more column costs fewer products than P: no Hessian
+    assert "materialised" not in two.report
+    neg = torch.diag(torch.tensor([-1.0] + [1.0] * 3, dtype=torch.float64))
+    with pytest.raises(SolverError, match="not positive definite"):  # CG on e_1 never meets -1
+        CGSolver(neg.__matmul__, 4, rtol=1e-12).solve(torch.eye(4, dtype=torch.float64)[:, [1, 2, 3, 1, 2, 3, 0]])
+
+
 def test_cg_fails_loudly():
     h = _spd(cond=1e4)
     with pytest.raises(SolverError, match="did not converge"):
