@@ -51,14 +51,18 @@ class ECIF:
         ``"dense"``, ``"cg"``, ``"auto"`` or a ready solver object with ``solve(b)``.
     damping:
         ``mu >= 0`` in ``(H + mu I)^-1`` (ignored when a solver object is given).
+    precision:
+        ``"float64"`` (default) or ``"mixed"``: CG on float32 Hessian-vector products refined
+        with float64 residuals to the same tolerance (:class:`~ecif.core.solvers.MixedPrecisionSolver`,
+        docs/math.md §15); ignored when a solver object is given.
     """
 
     def __init__(self, objective: ContrastiveObjective, theta_hat: torch.Tensor, solver="auto",
-                 damping: float = 0.0, **solver_kwargs):
+                 damping: float = 0.0, precision: str = "float64", **solver_kwargs):
         self.objective = objective
         self.theta_hat = objective.param.check_theta(theta_hat)
         if isinstance(solver, str):
-            solver = make_solver(objective, self.theta_hat, solver, damping, **solver_kwargs)
+            solver = make_solver(objective, self.theta_hat, solver, damping, precision=precision, **solver_kwargs)
         self.solver = solver
         self.n = objective.n
 

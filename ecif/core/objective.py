@@ -16,6 +16,8 @@ and the loss, gradient, Hessian-vector product and Hessian.
 from __future__ import annotations
 
 
+from dataclasses import fields
+
 import numpy as np
 import torch
 from torch.func import grad, jacrev
@@ -25,7 +27,12 @@ from ecif.core.batching import BatchingProtocol
 from ecif.core.heads import Parametrization, Prepared
 from ecif.core.terms import DTYPE, TERMS
 
-__all__ = ["ContrastiveObjective"]
+__all__ = ["ContrastiveObjective", "PRECISIONS"]
+
+#: Precisions of :meth:`ContrastiveObjective.hvp`: ``"float64"`` computes every product in
+#: float64; ``"float32"`` computes each batch chunk's product in float32 and accumulates the
+#: chunks in float64 (docs/math.md §15).
+PRECISIONS = ("float64", "float32")
 
 
 def _as_features(a, name: str, device) -> torch.Tensor:
@@ -92,6 +99,7 @@ class ContrastiveObjective:
         if _parent is not None:  # same param, features and batching: share the prepared data
             self.data, self.index, self.valid, self._bdata = (_parent.data, _parent.index, _parent.valid,
                                                               _parent._bdata)
+            self._bdata_cast = _parent._bdata_cast  # the same cache of lower-precision copies
         else:
             self.data = param.prepare(x, y)
             self.index, self.valid = batching.padded(device)
@@ -100,6 +108,7 @@ class ContrastiveObjective:
             # contiguous slice, with no gather per product
             rows = self.index.reshape(-1)
             self._bdata = param.take(self.data, rows)
+            self._bdata_cast: dict[torch.dtype, Prepared] = {}
         self.removed = self._check_remove(remove) if remove is not None else np.zeros(0, np.int64)
         removed_mask = torch.zeros(n, dtype=torch.bool, device=device)
         removed_mask[torch.as_tensor(self.removed, device=device)] = True
@@ -191,12 +200,24 @@ class ContrastiveObjective:
         step = max(1, self.CHUNK_ENTRIES // (b * b))
         return [slice(lo, lo + step) for lo in range(0, self.index.shape[0], step)]
 
-    def _chunk_data(self, sl: slice) -> Prepared:
+    def _chunk_data(self, sl: slice, dtype: torch.dtype = DTYPE) -> Prepared:
         """The prepared data of the batches ``sl`` in slot order, rows ``(m * b_max, .)``
-        (contiguous views of the batch-ordered copy)."""
+        (contiguous views of the batch-ordered copy), its floating tensors in ``dtype``."""
         b = self.index.shape[1]
         lo, hi = sl.start * b, min(sl.stop, self.index.shape[0]) * b
-        return self.param.take(self._bdata, slice(lo, hi))
+        return self.param.take(self._batch_data(dtype), slice(lo, hi))
+
+    def _batch_data(self, dtype: torch.dtype) -> Prepared:
+        """The batch-ordered prepared data with its floating tensors in ``dtype``: the float64
+        original, or a copy made on first use and kept (shared with :meth:`without`)."""
+        if dtype == DTYPE:
+            return self._bdata
+        if dtype not in self._bdata_cast:
+            data = self._bdata
+            self._bdata_cast[dtype] = type(data)(**{
+                f.name: (v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v)
+                for f in fields(data) for v in (getattr(data, f.name),)})
+        return self._bdata_cast[dtype]
 
     def _batched(self, z: torch.Tensor, sl: slice) -> torch.Tensor:
         """Rows ``(m * b_max, e)`` of a chunk as ``(m, b_max, e)``."""
@@ -217,9 +238,9 @@ class ContrastiveObjective:
     def _chunk_embeddings_jvp(self, theta: torch.Tensor, v: torch.Tensor, sl: slice):
         """For the batches ``sl``: the batched normalised embeddings ``U``, ``W`` and their
         derivatives ``Udot``, ``Wdot`` along ``v``, each ``(m, b_max, e)``; differentiable in
-        ``theta``."""
+        ``theta``. Computed in the dtype of ``theta`` (the data is taken in that dtype)."""
         return tuple(self._batched(z, sl) for z in self._normalised_jvp(
-            *self.param.embed_jvp(theta, v, self._chunk_data(sl))))
+            *self.param.embed_jvp(theta, v, self._chunk_data(sl, theta.dtype))))
 
     @staticmethod
     def _s_sdot(sc, td, u, w, u_dot, w_dot):
@@ -274,8 +295,8 @@ class ContrastiveObjective:
             g = g + self.lam * (th.detach() - self.param.theta0)
         return value, g
 
-    def hvp(self, theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Hessian-vector product ``H(theta) v``, shape ``(P,)``, exact (not Gauss-Newton).
+    def hvp(self, theta: torch.Tensor, v: torch.Tensor, precision: str = "float64") -> torch.Tensor:
+        """Hessian-vector product ``H(theta) v``, shape ``(P,)``, float64, exact (not Gauss-Newton).
 
         Structured (docs/math.md §8): the batch similarities ``S = s U W^T`` carry all the cost,
         and the loss is a function of ``S`` whose curvature is known in closed form. With
@@ -293,21 +314,37 @@ class ContrastiveObjective:
         backward through the loss (:meth:`hvp_autograd`) to rounding, both tested against the
         dense autograd Hessian (``python -m ecif.experiments.bench`` prints both as ``hvp_s``,
         ``hvp_autograd_s``).
+
+        ``precision="float32"`` (structured product only): each chunk's product runs on float32
+        copies of ``theta``, ``v`` and the prepared features (embeddings, similarities,
+        softmaxes, cotangents, the reverse pass), and the chunks' contributions are summed in
+        float64, as is ``lam v``. About 1e-7 to 1e-6 relative off the float64 product: a cheap
+        operator for the inner iterations of :class:`ecif.core.solvers.MixedPrecisionSolver`,
+        which corrects it with float64 residuals (docs/math.md §15).
         """
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose one of {PRECISIONS}.")
         if not self.param.structured_hvp:
+            if precision != "float64":
+                raise ValueError(
+                    f"precision={precision!r} needs the structured Hessian-vector product, which "
+                    f"{type(self.param).__name__} does not use; use precision='float64'."
+                )
             return self.hvp_autograd(theta, v)  # includes the regulariser (it differentiates the loss)
         v = torch.as_tensor(v, dtype=DTYPE, device=self.device)
-        th = theta.detach().to(DTYPE).requires_grad_(True)
-        hv = torch.zeros_like(v)
+        low = torch.float32 if precision == "float32" else DTYPE
+        th = theta.detach().to(device=self.device, dtype=low).requires_grad_(True)
+        v_low = v.to(low)
+        hv = torch.zeros_like(v)  # float64 accumulator whatever the precision of the products
         td = float(self.param.log_scale(v))
         for sl in self._chunks():
-            parts = self._chunk_embeddings_jvp(th, v, sl)
+            parts = self._chunk_embeddings_jvp(th, v_low, sl)
             with torch.no_grad():
                 sc = torch.exp(self.param.log_scale(th.detach()))
                 bars, t_bar = self._hvp_cotangents(sl, sc, td, *(z.detach() for z in parts))
             psi = sum((z * bar).sum() for z, bar in zip(parts, bars)) + self.param.log_scale(th) * t_bar
             (hc,) = torch.autograd.grad(psi, th)
-            hv += hc
+            hv += hc  # a float32 chunk is promoted: the sum over chunks is float64
         return hv + self.lam * v if self.lam else hv
 
     def _hvp_cotangents(self, sl: slice, sc, td: float, ub, wb, ub_dot, wb_dot):

@@ -1,6 +1,6 @@
 """Inverse-Hessian solvers: ``x = (H + mu I)^-1 b``.
 
-Two solvers with one interface (``solve(b)`` and a ``report`` dict):
+Solvers with one interface (``solve(b)`` and a ``report`` dict):
 
 * :class:`DenseSolver`: eigendecomposition of the dense Hessian (parameter counts up to about
   10^4). Reports the smallest and largest eigenvalue and warns when ``H + mu I`` is not positive
@@ -11,6 +11,8 @@ Two solvers with one interface (``solve(b)`` and a ``report`` dict):
   :class:`SpectralPreconditioner`, the extreme eigenpairs of a cheap stand-in Hessian (that of
   a subsample of the batches): the answer is the same, the number of full Hessian-vector
   products smaller.
+* :class:`MixedPrecisionSolver`: CG on float32 Hessian-vector products, corrected by float64
+  residuals (iterative refinement) to the same tolerance; most products are the cheap ones.
 
 Damping ``mu >= 0`` shrinks every component of the solution along an eigenvector with eigenvalue
 ``l`` by ``l / (l + mu)``: it stabilises directions the data barely constrain (LoRA's rotation
@@ -27,7 +29,7 @@ import torch
 
 from ecif.core.terms import DTYPE, device_of
 
-__all__ = ["SolverError", "DenseSolver", "CGSolver", "SpectralPreconditioner", "lanczos", "lanczos_extremes",
+__all__ = ["SolverError", "DenseSolver", "CGSolver", "MixedPrecisionSolver", "SpectralPreconditioner", "lanczos", "lanczos_extremes",
            "make_solver"]
 
 
@@ -128,23 +130,30 @@ class CGSolver:
         once, keeps the :class:`DenseSolver` and answers this and every later solve from it
         (``report["materialised"]``). The answer is the exact solve, within the CG tolerance of
         the column-by-column path. ``False`` always iterates.
+    final_residual:
+        Recompute the residual ``b - (H + mu I) x`` at the end with one more product (default)
+        and report that; ``False`` reports the recursive residual and saves the product (when
+        the caller computes the true residual itself, as :class:`MixedPrecisionSolver` does).
+
+    ``report["products"]`` counts the calls of ``hvp`` over all solves.
     """
 
     def __init__(self, hvp: Callable[[torch.Tensor], torch.Tensor], n_params: int, damping: float = 0.0,
                  rtol: float = 1e-10, max_iter: int | None = None, strict: bool = True,
                  preconditioner: Callable[[torch.Tensor], torch.Tensor] | None = None, progress=None,
-                 progress_every: int = 10, materialise: bool = True):
+                 progress_every: int = 10, final_residual: bool = True, materialise: bool = True):
         self.hvp, self.n_params, self.materialise = hvp, int(n_params), bool(materialise)
         self._dense: DenseSolver | None = None
         self.preconditioner, self.progress, self.progress_every = preconditioner, progress, int(progress_every)
         self.damping = _check_damping(damping)
         if not (0 < rtol < 1):
             raise ValueError(f"rtol must lie in (0, 1), got {rtol}.")
-        self.rtol, self.strict = float(rtol), strict
+        self.rtol, self.strict, self.final_residual = float(rtol), strict, bool(final_residual)
         self.max_iter = int(max_iter) if max_iter is not None else min(max(100, 2 * self.n_params), 5000)
-        self.report: dict = {"solver": "cg", "damping": self.damping, "solves": []}
+        self.report: dict = {"solver": "cg", "damping": self.damping, "solves": [], "products": 0}
 
     def _apply(self, v: torch.Tensor) -> torch.Tensor:
+        self.report["products"] += 1
         out = self.hvp(v)
         return out + self.damping * v if self.damping else out
 
@@ -203,8 +212,8 @@ class CGSolver:
             rs_new = float(r @ z)
             p = z + (rs_new / rs) * p
             rs = rs_new
-        # the recursive residual drifts; report the true one
-        true_res = float((b - self._apply(x)).norm()) / bnorm
+        # the recursive residual drifts; report the true one (unless the caller computes it)
+        true_res = float((b - self._apply(x)).norm()) / bnorm if self.final_residual else rnorm / bnorm
         self.report["solves"].append({"iterations": it, "relative_residual": true_res,
                                       "converged": converged, "min_curvature": min_curv})
         self.report.update(iterations=it, relative_residual=true_res)
@@ -238,6 +247,7 @@ class CGSolver:
         solver's damping; refuses (strict) or warns when ``H + mu I`` is not positive definite."""
         eye = torch.eye(self.n_params, dtype=DTYPE, device=device)
         h = torch.stack([self.hvp(eye[:, j]) for j in range(self.n_params)], dim=1)
+        self.report["products"] += self.n_params
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # judged below, by this solver's rule
             dense = DenseSolver(h, self.damping)
@@ -247,6 +257,135 @@ class CGSolver:
             self._fail(f"H + mu I is not positive definite (smallest eigenvalue "
                        f"{dense.report['min_eigenvalue']:.3e}): raise the damping or the regularisation.")
         return dense
+
+
+class MixedPrecisionSolver:
+    """``(H + mu I)^-1 b`` by iterative refinement: CG on a cheap float32 product, corrected by
+    float64 residuals (docs/math.md §15).
+
+    With ``A = H + mu I`` (``hvp``, float64) and ``A32`` its float32 version (``hvp_float32``,
+    float32 products summed in float64), start from ``x = 0``, ``r = b`` and repeat
+
+        ``d ~ A32^-1 r`` (CG on ``A32`` to relative residual ``inner_rtol``),
+        ``x <- x + d``,  ``r <- b - A x`` (one float64 product),
+
+    until ``||r|| <= rtol ||b||``. The stopping test uses the float64 residual, so the answer
+    meets the same tolerance as :class:`CGSolver` on ``A``; the float32 error ``E = A32 - A``
+    only sets how fast ``r`` shrinks, by a factor of about ``inner_rtol + ||E A32^-1||`` per
+    refinement. Nearly all products are float32; the float64 ones are one per refinement.
+    The last inner solve is asked only for what is still missing (its tolerance is raised to
+    ``rtol ||b|| / (2 ||r||)`` when that is looser than ``inner_rtol``).
+
+    Parameters
+    ----------
+    hvp, hvp_float32:
+        Callables ``v (P,) -> H v (P,)``, float64 and float32 (the results float64).
+    n_params, damping, strict, preconditioner, progress, progress_every:
+        As :class:`CGSolver` (``preconditioner`` and ``progress`` act on the inner solves).
+    rtol:
+        Stop when the float64 residual ``||b - (H + mu I) x|| <= rtol ||b||``.
+    inner_rtol:
+        Relative residual of each inner CG solve, in ``(0, 1)``; about the float32 error
+        relative to the conditioning is the loosest that still pays (default ``1e-3``).
+    max_refinements:
+        Cap on refinements (float64 products) per right-hand side.
+    max_iter:
+        Iteration cap of each inner solve (as :class:`CGSolver`).
+
+    ``report``: ``float32_products``, ``float64_products`` (over all solves), and per solve
+    (``report["solves"]``) its ``refinements``, inner ``iterations``, float64 relative
+    residual and ``converged``; ``iterations`` and ``relative_residual`` of the last solve.
+    Raises :class:`SolverError` (or warns, ``strict=False``) when a refinement does not shrink
+    the residual (float32 too coarse for this system: use the float64 :class:`CGSolver`) or
+    the cap is reached.
+    """
+
+    def __init__(self, hvp: Callable[[torch.Tensor], torch.Tensor],
+                 hvp_float32: Callable[[torch.Tensor], torch.Tensor], n_params: int, damping: float = 0.0,
+                 rtol: float = 1e-10, inner_rtol: float = 1e-3, max_refinements: int = 30,
+                 max_iter: int | None = None, strict: bool = True,
+                 preconditioner: Callable[[torch.Tensor], torch.Tensor] | None = None, progress=None,
+                 progress_every: int = 10):
+        if not (0 < rtol < 1):
+            raise ValueError(f"rtol must lie in (0, 1), got {rtol}.")
+        if not (0 < inner_rtol < 1):
+            raise ValueError(f"inner_rtol must lie in (0, 1), got {inner_rtol}.")
+        if int(max_refinements) < 1:
+            raise ValueError(f"max_refinements must be >= 1, got {max_refinements}.")
+        self.hvp, self.n_params, self.damping = hvp, int(n_params), _check_damping(damping)
+        self.rtol, self.inner_rtol, self.max_refinements = float(rtol), float(inner_rtol), int(max_refinements)
+        self.strict, self.progress = strict, progress
+        self.inner = CGSolver(hvp_float32, n_params, damping, rtol=inner_rtol, max_iter=max_iter, strict=strict,
+                              preconditioner=preconditioner, progress=progress, progress_every=progress_every,
+                              final_residual=False)
+        self.report: dict = {"solver": "mixed", "damping": self.damping, "inner_rtol": self.inner_rtol,
+                             "solves": [], "float32_products": 0, "float64_products": 0}
+
+    def _apply(self, v: torch.Tensor) -> torch.Tensor:
+        self.report["float64_products"] += 1
+        out = self.hvp(v)
+        return out + self.damping * v if self.damping else out
+
+    def _fail(self, msg: str) -> None:
+        if self.strict:
+            raise SolverError(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+    def _solve_one(self, b: torch.Tensor) -> torch.Tensor:
+        x = torch.zeros_like(b)
+        bnorm = float(b.norm())
+        record = {"refinements": 0, "iterations": 0, "relative_residual": 0.0, "converged": bnorm == 0.0}
+        self.report["solves"].append(record)
+        if bnorm == 0.0:
+            return x
+        r, rel = b, 1.0
+        goal = self.rtol * bnorm
+        while True:
+            # ask the inner solve for no more than is still missing
+            self.inner.rtol = min(max(self.inner_rtol, 0.5 * goal / (rel * bnorm)), 0.5)
+            before = self.inner.report["products"]
+            x = x + self.inner._solve_one(r)
+            self.report["float32_products"] += self.inner.report["products"] - before
+            record["iterations"] += self.inner.report["solves"][-1]["iterations"]
+            r = b - self._apply(x)
+            record["refinements"] += 1
+            new_rel = float(r.norm()) / bnorm
+            record["relative_residual"] = new_rel
+            if self.progress:
+                msg = f"refinement {record['refinements']}: float64 relative residual {new_rel:.2e} (rtol {self.rtol:.0e})"
+                if callable(self.progress):
+                    self.progress(record["refinements"], new_rel)
+                else:
+                    print(msg, file=sys.stderr, flush=True)
+            if new_rel <= self.rtol:
+                record["converged"] = True
+                break
+            if new_rel >= rel:
+                self._fail(
+                    f"mixed-precision refinement stalled: the float64 relative residual went from "
+                    f"{rel:.3e} to {new_rel:.3e} (rtol {self.rtol:.1e}); the float32 product is too "
+                    "coarse for this system. Use precision='float64', add damping, or loosen rtol."
+                )
+                break
+            rel = new_rel
+            if record["refinements"] >= self.max_refinements:
+                self._fail(
+                    f"mixed-precision refinement did not converge: float64 relative residual "
+                    f"{new_rel:.3e} > rtol {self.rtol:.1e} after {self.max_refinements} refinements. "
+                    "Raise max_refinements or use precision='float64'."
+                )
+                break
+        self.report.update(iterations=record["iterations"], relative_residual=record["relative_residual"])
+        return x
+
+    def solve(self, b: torch.Tensor) -> torch.Tensor:
+        """``(H + mu I)^-1 b`` for ``b`` of shape ``(P,)`` or ``(P, k)`` (columns solved in turn)."""
+        b = torch.as_tensor(b, dtype=DTYPE, device=device_of(b))
+        if b.shape[0] != self.n_params:
+            raise ValueError(f"b must have {self.n_params} rows, got shape {tuple(b.shape)}.")
+        if b.ndim == 1:
+            return self._solve_one(b)
+        return torch.stack([self._solve_one(b[:, j]) for j in range(b.shape[1])], dim=1)
 
 
 class SpectralPreconditioner:
@@ -289,7 +428,8 @@ class SpectralPreconditioner:
 
 
 def make_solver(objective, theta: torch.Tensor, kind: str = "auto", damping: float = 0.0,
-                precondition: int | None = None, precondition_steps: int = 150, **cg_kwargs):
+                precondition: int | None = None, precondition_steps: int = 150, precision: str = "float64",
+                **cg_kwargs):
     """Build a solver for ``H = grad^2 objective.loss(theta)``.
 
     ``kind``: ``"dense"``, ``"cg"``, or ``"auto"`` (dense when ``P <= 4000``, else CG).
@@ -298,7 +438,25 @@ def make_solver(objective, theta: torch.Tensor, kind: str = "auto", damping: flo
     holding about that many pairs (``objective.batch_subset``), ``bulk = lam + damping``.
     Worth it where ``n`` is many times that subsample: each Lanczos step costs a
     subsample-sized product, each CG iteration saved a full one.
+    ``precision``: ``"float64"`` (default: every product in float64) or ``"mixed"``: a
+    :class:`MixedPrecisionSolver` whose inner CG (and preconditioner) use float32 products,
+    refined with float64 residuals to the same ``rtol`` (matrix-free only: ``"auto"`` then
+    means CG; needs the objective's structured product). ``cg_kwargs`` go to the solver
+    (``rtol``, ``max_iter``, ``strict``, ``progress``; ``inner_rtol``, ``max_refinements`` for
+    ``"mixed"``).
     """
+    if precision not in ("float64", "mixed"):
+        raise ValueError(f"unknown precision {precision!r}; choose 'float64' or 'mixed'.")
+    mixed = precision == "mixed"
+    if mixed:
+        if kind == "dense":
+            raise ValueError("precision='mixed' refines matrix-free CG solves; use kind='cg' (or 'auto').")
+        if not objective.param.structured_hvp:
+            raise ValueError(
+                f"precision='mixed' needs the structured float32 Hessian-vector product, which "
+                f"{type(objective.param).__name__} does not use; use precision='float64'."
+            )
+        kind = "cg"
     if kind == "auto":
         kind = "dense" if objective.n_params <= 4000 else "cg"
     if kind == "dense":
@@ -313,9 +471,13 @@ def make_solver(objective, theta: torch.Tensor, kind: str = "auto", damping: flo
             if not objective.lam + damping > 0:
                 raise ValueError("precondition needs lam + damping > 0 (the curvature off the kept eigenvectors).")
             sub = objective.batch_subset(int(precondition))
+            sub_precision = "float32" if mixed else "float64"  # it only steers CG
             cg_kwargs["preconditioner"] = SpectralPreconditioner(
-                lambda v: sub.hvp(theta, v), objective.n_params, bulk=objective.lam + damping,
+                lambda v: sub.hvp(theta, v, sub_precision), objective.n_params, bulk=objective.lam + damping,
                 steps=precondition_steps, damping=damping, device=theta.device)
+        if mixed:
+            return MixedPrecisionSolver(lambda v: objective.hvp(theta, v), lambda v: objective.hvp(theta, v, "float32"),
+                                        objective.n_params, damping, **cg_kwargs)
         return CGSolver(lambda v: objective.hvp(theta, v), objective.n_params, damping, **cg_kwargs)
     raise ValueError(f"unknown solver kind {kind!r}; choose 'dense', 'cg' or 'auto'.")
 

@@ -3,6 +3,8 @@
     python -m ecif.experiments.bench                        # the default grid, n from 1k to 100k
     python -m ecif.experiments.bench --n 1000 4000 16000 100000  # these n, batch 256, one row each
     python -m ecif.experiments.bench --n 1000 --batch 0     # one configuration, one full batch
+    python -m ecif.experiments.bench --n 4000 16000 --precision float64 mixed --no-retrain
+                                                            # float64 against mixed-precision solves
 
 For each configuration (``n`` pairs, fixed batching of ``batch`` pairs or one full batch) on
 synthetic frozen features of CLIP-like width (``--dim`` 512, embedding width 256, LoRA rank 8
@@ -29,6 +31,16 @@ on both projections, float64), it measures in the same process run:
   the latter only up to ``n = 20000``, its graph grows with ``n``);
 * ``peak_rss_gib``: the process's peak resident memory (each configuration runs in its own
   subprocess so the peaks do not mix).
+
+``--precision float64 mixed`` solves and scores once per precision after the one base fit (the
+first precision gives the main row; ``mixed`` is CG on float32 Hessian-vector products refined
+with float64 residuals to the same ``rtol``, docs/math.md §15) and prints a second table, one
+row per configuration and precision: ``f32_products`` / ``f64_products`` (Hessian-vector
+products of each precision in the solve), ``solve_s``, ``score_s``, ``hvp_s`` (one product of
+that precision, median of 3), ``solve_speedup`` (the first precision's ``solve_s`` over this
+one's) and ``score_rel_diff`` (max abs difference of the all-pairs ``ecif`` scores from the
+first precision's, over their max abs). ``--no-retrain`` skips the two retrainings (their
+columns are empty), for comparisons of the solve alone.
 
 Each row is printed as soon as it is measured; fit steps, CG iterations and the stage being
 measured go to stderr (``--quiet`` silences them).
@@ -58,13 +70,17 @@ __all__ = ["run_one", "main"]
 
 def run_one(n: int, batch: int | None, dim: int = 512, width: int = 256, rank: int = 8, lam: float = 1.0,
             gtol: float = 1e-9, threads: int = 2, seed: int = 0, subsample: int | None = 4000,
-            precondition: int | None = None, progress: bool = True) -> dict:
+            precondition: int | None = None, progress: bool = True, precisions=("float64",),
+            retrain: bool = True) -> dict:
     """Measure one configuration; returns a dict of timings (seconds), ratios and peak memory.
 
     ``subsample``: the fit's subsample start (:func:`ecif.core.fit.fit`), used by the base fit
     and the cold retraining alike; ``precondition``: pairs of the subsample whose Hessian
     preconditions the CG solve (``None``: :func:`default_precondition`, ``0``: plain CG).
-    ``progress``: fit steps and CG iterations on stderr."""
+    ``progress``: fit steps and CG iterations on stderr. ``precisions``: solve and score once
+    with each (``"float64"``, ``"mixed"``); the main columns are the first one's, and
+    ``"by_precision"`` holds one dict per precision (see :data:`PRECISION_COLUMNS`).
+    ``retrain=False``: skip the two retrainings (their columns and ratios are ``None``)."""
     from ecif.core.batching import BatchingProtocol
     from ecif.core.evaluate import validation_gradient
     from ecif.core.fit import fit
@@ -72,7 +88,7 @@ def run_one(n: int, batch: int | None, dim: int = 512, width: int = 256, rank: i
     from ecif.core.influence import ECIF
     from ecif.core.objective import ContrastiveObjective
     from ecif.data.synthetic import synthetic_pairs
-    from ecif.experiments.retraining import retrain
+    from ecif.experiments.retraining import retrain as retrain_fit
 
     torch.set_num_threads(threads)
     precondition = default_precondition(n) if precondition is None else (precondition or None)
@@ -94,38 +110,65 @@ def run_one(n: int, batch: int | None, dim: int = 512, width: int = 256, rank: i
     say(f"base fit: {fit_s:.1f} s, |grad| {res.grad_norm:.1e}")
 
     g_val = validation_gradient(val, res.theta)
-    say(f"influence solve ({'plain CG' if precondition is None else f'CG preconditioned on {precondition} pairs'})")
-    t0 = time.perf_counter()
-    eng = ECIF(obj, res.theta, solver="cg", damping=0.0, rtol=1e-6, precondition=precondition,
-               progress=progress)
-    precond_s = time.perf_counter() - t0
-    h = eng.solver.solve(g_val)
-    solve_s = time.perf_counter() - t0  # preconditioner build included
-    say(f"solve: {solve_s:.1f} s ({precond_s:.1f} s preconditioner), {eng.solver.report.get('iterations')} CG iterations")
-    say("all-pairs directional pass")
-    t0 = time.perf_counter()
-    terms = obj.directional_terms(res.theta, h)
-    scores = {"positive": terms["pos"] / n, "negative": terms["neg"] / n,
-              "ecif": (terms["pos"] + terms["neg"]) / n, "newton": (terms["pos"] + terms["negexact"]) / n}
-    score_s = time.perf_counter() - t0
-    assert all(torch.isfinite(s).all() for s in scores.values())
+    by_precision = []
+    for precision in precisions:
+        say(f"influence solve, precision {precision} "
+            f"({'plain CG' if precondition is None else f'CG preconditioned on {precondition} pairs'})")
+        t0 = time.perf_counter()
+        eng = ECIF(obj, res.theta, solver="cg", damping=0.0, rtol=1e-6, precondition=precondition,
+                   progress=progress, precision=precision)
+        precond_s = time.perf_counter() - t0
+        h = eng.solver.solve(g_val)
+        solve_s = time.perf_counter() - t0  # preconditioner build included
+        rep = eng.solver.report
+        f32, f64 = (rep["float32_products"], rep["float64_products"]) if precision == "mixed" else (0, rep["products"])
+        say(f"solve: {solve_s:.1f} s ({precond_s:.1f} s preconditioner), {f32} float32 and {f64} float64 products")
+        say("all-pairs directional pass")
+        t0 = time.perf_counter()
+        terms = obj.directional_terms(res.theta, h)
+        scores = {"positive": terms["pos"] / n, "negative": terms["neg"] / n,
+                  "ecif": (terms["pos"] + terms["neg"]) / n, "newton": (terms["pos"] + terms["negexact"]) / n}
+        score_s = time.perf_counter() - t0
+        assert all(torch.isfinite(s).all() for s in scores.values())
+        say(f"directional pass: {score_s:.2f} s; all pairs scored in {solve_s + score_s:.1f} s")
+        first = by_precision[0] if by_precision else None
+        ref = scores["ecif"] if first is None else first["_ecif"]
+        by_precision.append({
+            "n": n, "batch": "full" if batch is None else batch, "precision": precision,
+            "cg_iterations": rep.get("iterations"), "f32_products": f32, "f64_products": f64,
+            "relative_residual": float(f"{rep.get('relative_residual'):.2e}"), "precond_s": round(precond_s, 2),
+            "solve_s": round(solve_s, 2), "score_s": round(score_s, 3), "ecif_all_pairs_s": round(solve_s + score_s, 2),
+            "hvp_s": round(_time_hvps(obj, res.theta, autograd=False,
+                                      precision="float32" if precision == "mixed" else "float64")[0], 3),
+            "solve_speedup": round((solve_s if first is None else first["solve_s"]) / solve_s, 2),
+            "score_rel_diff": float(f"{float((scores['ecif'] - ref).abs().max() / ref.abs().max()):.2e}"),
+            "_ecif": scores["ecif"],
+        })
+    for row in by_precision:
+        del row["_ecif"]
+    main_row = by_precision[0]
+    precond_s, solve_s, score_s = main_row["precond_s"], main_row["solve_s"], main_row["score_s"]
     ecif_s = solve_s + score_s
-    say(f"directional pass: {score_s:.2f} s; all pairs scored in {ecif_s:.1f} s")
 
     say("HVP timings")
     hvp_s, hvp_autograd_s = _time_hvps(obj, res.theta, autograd=n <= AUTOGRAD_HVP_MAX_N)
 
     k = int(np.flatnonzero(d.misaligned)[0])
     retrain_grad0 = float(obj.without([k]).gradient(res.theta).norm())
-    say("one warm retraining")
-    t0 = time.perf_counter()
-    refit = retrain(obj, res.theta, [k], gtol=gtol, max_iter=100, method="newton-cg", progress=progress)
-    retrain_s = time.perf_counter() - t0
-    say(f"warm retraining: {retrain_s:.1f} s; one cold retraining")
-    t0 = time.perf_counter()
-    cold = retrain(obj, res.theta, [k], init="theta0", gtol=gtol, max_iter=100, method="newton-cg",
-                   subsample=subsample, progress=progress)
-    cold_s = time.perf_counter() - t0
+    retrain_s = cold_s = refit = cold = None
+    if retrain:
+        say("one warm retraining")
+        t0 = time.perf_counter()
+        refit = retrain_fit(obj, res.theta, [k], gtol=gtol, max_iter=100, method="newton-cg", progress=progress)
+        retrain_s = time.perf_counter() - t0
+        say(f"warm retraining: {retrain_s:.1f} s; one cold retraining")
+        t0 = time.perf_counter()
+        cold = retrain_fit(obj, res.theta, [k], init="theta0", gtol=gtol, max_iter=100, method="newton-cg",
+                           subsample=subsample, progress=progress)
+        cold_s = time.perf_counter() - t0
+
+    def rnd(x, digits):
+        return None if x is None else round(x, digits)
 
     return {
         "n": n,
@@ -135,25 +178,26 @@ def run_one(n: int, batch: int | None, dim: int = 512, width: int = 256, rank: i
         "fit_grad_norm": float(f"{res.grad_norm:.2e}"),
         "fit_converged": res.converged,
         "precond_pairs": precondition or 0,
-        "precond_s": round(precond_s, 2),
-        "cg_iterations": eng.solver.report.get("iterations"),
-        "solve_s": round(solve_s, 2),
-        "score_s": round(score_s, 3),
+        "precond_s": precond_s,
+        "cg_iterations": main_row["cg_iterations"],
+        "solve_s": solve_s,
+        "score_s": score_s,
         "ecif_all_pairs_s": round(ecif_s, 2),
-        "retrain_s": round(retrain_s, 2),
-        "cold_retrain_s": round(cold_s, 2),
-        "score_over_cold": round(ecif_s / cold_s, 3),
-        "score_over_warm": round(ecif_s / retrain_s, 3),
+        "retrain_s": rnd(retrain_s, 2),
+        "cold_retrain_s": rnd(cold_s, 2),
+        "score_over_cold": None if cold_s is None else round(ecif_s / cold_s, 3),
+        "score_over_warm": None if retrain_s is None else round(ecif_s / retrain_s, 3),
         "retrain_grad0": float(f"{retrain_grad0:.2e}"),
-        "retrain_grad_norm": float(f"{refit.grad_norm:.2e}"),
-        "cold_grad_norm": float(f"{cold.grad_norm:.2e}"),
+        "retrain_grad_norm": None if refit is None else float(f"{refit.grad_norm:.2e}"),
+        "cold_grad_norm": None if cold is None else float(f"{cold.grad_norm:.2e}"),
         "hvp_s": round(hvp_s, 3),
         "hvp_autograd_s": None if hvp_autograd_s is None else round(hvp_autograd_s, 3),
-        "retrain_converged": refit.converged,
-        "cold_converged": cold.converged,
-        "ratio": round(retrain_s / ecif_s, 2),
-        "speedup_vs_loo_all": round(n * retrain_s / ecif_s),
+        "retrain_converged": None if refit is None else refit.converged,
+        "cold_converged": None if cold is None else cold.converged,
+        "ratio": None if retrain_s is None else round(retrain_s / ecif_s, 2),
+        "speedup_vs_loo_all": None if retrain_s is None else round(n * retrain_s / ecif_s),
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "by_precision": by_precision,
     }
 
 
@@ -167,16 +211,20 @@ def default_precondition(n: int) -> int | None:
     return 4096 if n >= 8 * 4096 else None
 
 
-def _time_hvps(obj, theta, repeats: int = 3, autograd: bool = True) -> tuple[float, float | None]:
-    """Median seconds of one structured HVP and one double-backward HVP, interleaved (the
-    latter ``None`` with ``autograd=False``)."""
+def _time_hvps(obj, theta, repeats: int = 3, autograd: bool = True,
+               precision: str = "float64") -> tuple[float, float | None]:
+    """Median seconds of one structured HVP (products in ``precision``) and one double-backward
+    HVP, interleaved (the latter ``None`` with ``autograd=False``)."""
     v = torch.randn(obj.n_params, generator=torch.Generator(device="cpu").manual_seed(0), dtype=torch.float64,
                     device="cpu").to(theta.device)
     times = {"hvp": [], "hvp_autograd": []} if autograd else {"hvp": []}
     for _ in range(repeats):
         for name in times:
             t0 = time.perf_counter()
-            getattr(obj, name)(theta, v)
+            if name == "hvp":
+                obj.hvp(theta, v, precision)
+            else:
+                obj.hvp_autograd(theta, v)
             times[name].append(time.perf_counter() - t0)
     return float(np.median(times["hvp"])), (float(np.median(times["hvp_autograd"])) if autograd else None)
 
@@ -190,9 +238,14 @@ COLUMNS = ["n", "batch", "params", "fit_s", "precond_pairs", "precond_s", "cg_it
            "retrain_grad_norm", "cold_grad_norm", "fit_converged", "retrain_converged", "cold_converged"]
 
 
-def _table(rows: list[dict]) -> str:
-    widths = {c: max(len(c), *(len(str(r.get(c))) for r in rows)) for c in COLUMNS}
-    cols = COLUMNS
+#: Columns of the per-precision table (``--precision`` with more than one value).
+PRECISION_COLUMNS = ["n", "batch", "precision", "cg_iterations", "f32_products", "f64_products",
+                     "relative_residual", "solve_s", "score_s", "ecif_all_pairs_s", "hvp_s", "solve_speedup",
+                     "score_rel_diff"]
+
+
+def _table(rows: list[dict], cols: list[str] = COLUMNS) -> str:
+    widths = {c: max(len(c), *(len(str(r.get(c))) for r in rows)) for c in cols}
     line = " | ".join(c.rjust(widths[c]) for c in cols)
     out = [line, "-" * len(line)]
     out += [" | ".join(str(r.get(c)).rjust(widths[c]) for c in cols) for r in rows]
@@ -212,14 +265,17 @@ def main(argv=None) -> None:
                     help="subsample start of the base fit and the cold retraining (0 = none)")
     ap.add_argument("--precondition", type=int, default=None,
                     help="pairs whose Hessian preconditions CG (default: 4096 from n = 32768 on; 0 = plain CG)")
+    ap.add_argument("--precision", nargs="+", default=["float64"], choices=["float64", "mixed"],
+                    help="solve and score with each (one base fit; the first gives the main row)")
+    ap.add_argument("--no-retrain", action="store_true", help="skip the warm and cold retraining")
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     ap.add_argument("--json", action="store_true", help="print one JSON line (used by the grid)")
     args = ap.parse_args(argv)
     if args.n is not None and len(args.n) == 1:
         row = run_one(args.n[0], args.batch or None, args.dim, args.width, args.rank, gtol=args.gtol,
                       threads=args.threads, subsample=args.subsample or None, precondition=args.precondition,
-                      progress=not args.quiet)
-        print(json.dumps(row) if args.json else _table([row]), flush=True)
+                      progress=not args.quiet, precisions=tuple(args.precision), retrain=not args.no_retrain)
+        print(json.dumps(row) if args.json else _tables([row]), flush=True)
         return
     grid = DEFAULT_GRID if args.n is None else [(n, args.batch or None) for n in args.n]
     rows = []
@@ -229,6 +285,7 @@ def main(argv=None) -> None:
                str(args.threads), "--gtol", str(args.gtol), "--subsample", str(args.subsample), "--json"]
         if args.precondition is not None:
             cmd += ["--precondition", str(args.precondition)]
+        cmd += ["--precision", *args.precision] + (["--no-retrain"] if args.no_retrain else [])
         if args.quiet:
             cmd.append("--quiet")
         # progress goes straight to our stderr; the row comes back as the last stdout line
@@ -242,7 +299,16 @@ def main(argv=None) -> None:
             print("\n".join(table[:2]), flush=True)
         print(table[-1], flush=True)
     print()
-    print(_table(rows))
+    print(_tables(rows))
+
+
+def _tables(rows: list[dict]) -> str:
+    """The main table, then the per-precision table when a row holds more than one precision."""
+    out = _table(rows)
+    per = [p for r in rows for p in r.get("by_precision", [])]
+    if len(per) > len(rows):
+        out += "\n\n" + _table(per, PRECISION_COLUMNS)
+    return out
 
 
 if __name__ == "__main__":
