@@ -4,16 +4,22 @@ A contrastive loss depends on who else is in a pair's batch, so the partition is
 experiment (docs/math.md §2): the objective, every influence estimate and every leave-out
 retraining use the same one. It is drawn once from a seed; its whole state is the array of batch
 ids (:attr:`BatchingProtocol.batch_ids`), which callers store and pass back to the constructor.
+
+Two ways to draw it: uniformly at random (:meth:`BatchingProtocol.from_seed`), or grouped around
+a hard-negative graph (:meth:`BatchingProtocol.from_hard_negatives`, docs/math.md "hard-negative
+batching"), so that each pair shares its batch with the captions it is most easily confused
+with. :func:`within_batch_mean` measures how similar batch mates are under a given matrix.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["BatchingProtocol"]
+__all__ = ["BatchingProtocol", "within_batch_mean"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,72 @@ class BatchingProtocol:
             ids[perm[-1]] = ids[perm[-2]]
         return cls(ids)
 
+    @classmethod
+    def from_hard_negatives(cls, neighbours, batch_size: int | None, seed: int) -> "BatchingProtocol":
+        """Batches grown around a hard-negative graph (docs/math.md "hard-negative batching").
+
+        ``neighbours`` is an integer array ``(n, m)``, ``m >= 1``: row ``k`` lists pair ``k``'s
+        hard negatives, hardest first (other pairs, no repeats needed, never ``k`` itself).
+        The pairs are visited in the order of ``numpy.random.default_rng(seed).permutation(n)``;
+        the first pair not yet placed opens a batch, which is then filled breadth-first: its
+        members' hard negatives in rank order, then theirs, skipping pairs already placed. When
+        that frontier runs dry before the batch holds ``batch_size`` pairs, the next unplaced pair
+        of the visiting order is added and the growth goes on from it. So every batch but the
+        last holds exactly ``batch_size`` pairs, the last the remainder; a remainder of one pair
+        takes the last-placed pair of the previous batch (sizes ``batch_size - 1`` and ``2``), so
+        every batch holds between 2 and ``batch_size`` pairs and every index is in exactly one
+        (the one exception: ``batch_size=2`` with an odd ``n`` ends in one batch of 3, the lone
+        pair joining the previous batch, since pairs of two cannot cover an odd count).
+        ``batch_size=None`` (or ``>= n``) gives one full batch, as :meth:`from_seed`. The result
+        is a function of ``(neighbours, batch_size, seed)`` only.
+        """
+        nb = np.asarray(neighbours)
+        if nb.ndim != 2 or nb.shape[1] < 1:
+            raise ValueError(f"neighbours must be a 2-D array (n, m) with m >= 1 hard negatives per pair, got shape "
+                             f"{nb.shape}.")
+        if not np.issubdtype(nb.dtype, np.integer):
+            raise ValueError(f"neighbours must hold integer pair indices, got dtype {nb.dtype}.")
+        n = nb.shape[0]
+        if n < 2:
+            raise ValueError(f"need at least 2 pairs for a contrastive loss, got n={n}.")
+        if nb.min() < 0 or nb.max() >= n:
+            raise ValueError(f"neighbours holds indices outside 0..{n - 1} (min {nb.min()}, max {nb.max()}); "
+                             "row k must list pairs of the same training set.")
+        selfish = np.flatnonzero((nb == np.arange(n)[:, None]).any(axis=1))
+        if selfish.size:
+            raise ValueError(f"pair {int(selfish[0])} lists itself as a hard negative ({selfish.size} rows do); "
+                             "exclude the diagonal when mining.")
+        if batch_size is None or batch_size >= n:
+            return cls(np.zeros(n, dtype=np.int64))
+        if batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 (a batch needs negatives), got {batch_size}.")
+        order = np.random.default_rng(seed).permutation(n)
+        ids = np.full(n, -1, dtype=np.int64)
+        rows = nb.tolist()
+        cursor, batch, placed = 0, 0, 0
+        sequence = np.empty(n, dtype=np.int64)  # the pairs in the order they were placed
+        while placed < n:
+            size, frontier = 0, deque()
+            while size < batch_size and placed < n:
+                if not frontier:  # open (or extend) the batch with the next unplaced pair of the visiting order
+                    while ids[order[cursor]] >= 0:
+                        cursor += 1
+                    frontier.append(int(order[cursor]))
+                k = frontier.popleft()
+                if ids[k] >= 0:
+                    continue
+                ids[k], sequence[placed] = batch, k
+                size += 1
+                placed += 1
+                frontier.extend(j for j in rows[k] if ids[j] < 0)
+            batch += 1
+        if n % batch_size == 1:  # a lone pair has no negatives
+            if batch_size > 2:  # it takes the previous batch's last-placed pair
+                ids[sequence[-2]] = ids[sequence[-1]]
+            else:  # batches of 2 cannot cover an odd n: the lone pair joins the previous batch
+                ids[sequence[-1]] = ids[sequence[-2]]
+        return cls(ids)
+
     # ------------------------------------------------------------------ views
     @property
     def n(self) -> int:
@@ -109,3 +181,20 @@ class BatchingProtocol:
         index[self.batch_ids[order], pos] = order
         valid[self.batch_ids[order], pos] = True
         return torch.as_tensor(index, device=device), torch.as_tensor(valid, device=device)
+
+
+def within_batch_mean(similarity, batching: BatchingProtocol) -> float:
+    """Mean of ``similarity[a, b]`` over ordered pairs ``a != b`` that share a batch.
+
+    ``similarity`` is an ``(n, n)`` array or tensor (any device; read on the CPU) (e.g. degraded image ``a`` against caption
+    ``b``); the diagonal is left out. A hard-negative batching should give a larger value than a
+    random one of the same batch size. Returns a Python float (``nan`` when no batch has two
+    pairs, which a :class:`BatchingProtocol` never allows).
+    """
+    s = similarity.detach().cpu().numpy() if isinstance(similarity, torch.Tensor) else np.asarray(similarity)
+    n = batching.n
+    if s.shape != (n, n):
+        raise ValueError(f"similarity must be ({n}, {n}) for a batching of {n} pairs, got {tuple(s.shape)}.")
+    ids = batching.batch_ids
+    same = (ids[:, None] == ids[None, :]) & ~np.eye(n, dtype=bool)
+    return float(s[same].astype(np.float64).mean())
