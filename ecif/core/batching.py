@@ -6,8 +6,7 @@ retraining use the same one. It is drawn once from a seed; its whole state is th
 ids (:attr:`BatchingProtocol.batch_ids`), which callers store and pass back to the constructor.
 
 Two ways to draw it: uniformly at random (:meth:`BatchingProtocol.from_seed`), or grouped around
-a hard-negative graph (:meth:`BatchingProtocol.from_hard_negatives`, docs/math.md "hard-negative
-batching"), so that each pair shares its batch with the captions it is most easily confused
+a hard-negative graph (:meth:`BatchingProtocol.from_hard_negatives`, docs/math.md §15), so that each pair shares its batch with the captions it is most easily confused
 with. :func:`within_batch_mean` measures how similar batch mates are under a given matrix.
 """
 
@@ -76,7 +75,7 @@ class BatchingProtocol:
 
     @classmethod
     def from_hard_negatives(cls, neighbours, batch_size: int | None, seed: int) -> "BatchingProtocol":
-        """Batches grown around a hard-negative graph (docs/math.md "hard-negative batching").
+        """Batches grown around a hard-negative graph (docs/math.md §15).
 
         ``neighbours`` is an integer array ``(n, m)``, ``m >= 1``: row ``k`` lists pair ``k``'s
         hard negatives, hardest first (other pairs, no repeats needed, never ``k`` itself).

@@ -1,6 +1,6 @@
 """Hard negatives bootstrapped from the model's own language prior, and the batches built on them.
 
-The idea (docs/math.md "hard-negative batching"): show the model a training image with its
+The idea (docs/math.md §15): show the model a training image with its
 content destroyed (blurred, or with a fraction of its patches blanked) and ask which captions it
 still prefers. What it picks then comes from what it has learnt about captions in general, not
 from the image: those captions are the ones it confuses most easily with the true caption, its
