@@ -6,13 +6,12 @@ retraining use the same one. It is drawn once from a seed; its whole state is th
 ids (:attr:`BatchingProtocol.batch_ids`), which callers store and pass back to the constructor.
 
 Two ways to draw it: uniformly at random (:meth:`BatchingProtocol.from_seed`), or grouped around
-a hard-negative graph (:meth:`BatchingProtocol.from_hard_negatives`, docs/math.md §15), so that each pair shares its batch with the captions it is most easily confused
-with. :func:`within_batch_mean` measures how similar batch mates are under a given matrix.
+a hard-negative graph (:meth:`BatchingProtocol.from_hard_negatives`, docs/math.md §15), so
+that each pair shares its batch with the captions it is most easily confused with. :func:`within_batch_mean` measures how similar batch mates are under a given matrix.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,13 +78,14 @@ class BatchingProtocol:
 
         ``neighbours`` is an integer array ``(n, m)``, ``m >= 1``: row ``k`` lists pair ``k``'s
         hard negatives, hardest first (other pairs, no repeats needed, never ``k`` itself).
-        The pairs are visited in the order of ``numpy.random.default_rng(seed).permutation(n)``;
-        the first pair not yet placed opens a batch, which is then filled breadth-first: its
-        members' hard negatives in rank order, then theirs, skipping pairs already placed. When
-        that frontier runs dry before the batch holds ``batch_size`` pairs, the next unplaced pair
-        of the visiting order is added and the growth goes on from it. So every batch but the
-        last holds exactly ``batch_size`` pairs, the last the remainder; a remainder of one pair
-        takes the last-placed pair of the previous batch (sizes ``batch_size - 1`` and ``2``), so
+        The pairs are visited in the order of ``numpy.random.default_rng(seed).permutation(n)``.
+        The first pair not yet placed opens a batch; the batch then grows one pair at a time,
+        always by the unplaced pair with the most hard-negative links to its members (``j`` in
+        ``k``'s row or ``k`` in ``j``'s, for a member ``k``), ties broken by the visiting order;
+        when no unplaced pair is linked to the batch, the next unplaced pair of the visiting
+        order joins it. So every batch but the last holds exactly ``batch_size`` pairs, the last
+        the remainder; a remainder of one pair takes the last-placed pair of the previous batch
+        (sizes ``batch_size - 1`` and ``2``), so
         every batch holds between 2 and ``batch_size`` pairs and every index is in exactly one
         (the one exception: ``batch_size=2`` with an odd ``n`` ends in one batch of 3, the lone
         pair joining the previous batch, since pairs of two cannot cover an odd count).
@@ -113,25 +113,26 @@ class BatchingProtocol:
         if batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 (a batch needs negatives), got {batch_size}.")
         order = np.random.default_rng(seed).permutation(n)
+        priority = np.empty(n, dtype=np.float64)
+        priority[order] = -np.arange(n) / n  # in (-1, 0]: breaks ties of the link counts by visiting order
+        links_in = [[] for _ in range(n)]  # links_in[j]: the pairs that list j as a hard negative
+        for k, row in enumerate(nb.tolist()):
+            for j in row:
+                links_in[j].append(k)
         ids = np.full(n, -1, dtype=np.int64)
-        rows = nb.tolist()
-        cursor, batch, placed = 0, 0, 0
+        links = np.zeros(n, dtype=np.float64)  # links of each pair to the members of the open batch
         sequence = np.empty(n, dtype=np.int64)  # the pairs in the order they were placed
-        while placed < n:
-            size, frontier = 0, deque()
-            while size < batch_size and placed < n:
-                if not frontier:  # open (or extend) the batch with the next unplaced pair of the visiting order
-                    while ids[order[cursor]] >= 0:
-                        cursor += 1
-                    frontier.append(int(order[cursor]))
-                k = frontier.popleft()
-                if ids[k] >= 0:
-                    continue
-                ids[k], sequence[placed] = batch, k
-                size += 1
-                placed += 1
-                frontier.extend(j for j in rows[k] if ids[j] < 0)
-            batch += 1
+        batch, size = 0, 0
+        for placed in range(n):
+            key = np.where(ids >= 0, -np.inf, links + priority)
+            k = int(np.argmax(key))  # most links to the batch; with none, the next pair of the visiting order
+            ids[k], sequence[placed] = batch, k
+            np.add.at(links, nb[k], 1.0)
+            np.add.at(links, np.asarray(links_in[k], dtype=np.int64), 1.0)
+            size += 1
+            if size == batch_size:
+                batch, size = batch + 1, 0
+                links[:] = 0.0
         if n % batch_size == 1:  # a lone pair has no negatives
             if batch_size > 2:  # it takes the previous batch's last-placed pair
                 ids[sequence[-2]] = ids[sequence[-1]]
