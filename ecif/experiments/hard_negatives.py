@@ -49,8 +49,8 @@ DEGRADATIONS = ("blur", "mask")
 
 #: Columns of the summary table of :func:`hard_negative_study` (one row per batching).
 STUDY_COLUMNS = ("batching", "batch_size", "n_batches", "within_batch_similarity", "neg_to_pos", "pearson_positive",
-                 "spearman_positive", "pearson_ecif", "spearman_ecif", "val_loss", "fit_grad_norm",
-                 "refits_converged", "n_loo")
+                 "spearman_positive", "pearson_ecif", "spearman_ecif", "pearson_newton", "spearman_newton", "val_loss",
+                 "fit_grad_norm", "refits_converged", "n_loo")
 
 
 def degrade_images(images: np.ndarray, kind: str, strength: float, *, patch: int = 4, seed: int = 0) -> np.ndarray:
@@ -170,13 +170,15 @@ def hard_negative_study(param, x, y, val_objective: ContrastiveObjective, batchi
     For each ``name -> BatchingProtocol`` of ``batchings`` (same ``param``, features ``x``
     ``(n, d_img)``, ``y`` ``(n, d_txt)`` and ``lam``): fit ``L`` (:func:`ecif.core.fit.fit`,
     ``gtol``, ``max_iter``, ``method``), score every pair with the influence engine on
-    ``grad L_val`` (variants ``positive``, ``negative``, ``ecif``; undamped dense solve) and
+    ``grad L_val`` (variants ``positive``, ``negative``, ``ecif``, ``newton``; undamped dense solve) and
     retrain without each pair of ``loo_pairs`` (:func:`ecif.experiments.retraining.loo_experiment`,
     warm start). Measured per batching:
 
     - ``neg_to_pos = ||IS_negative|| / ||IS_positive||``, Euclidean norms over all ``n`` pairs:
       how much of the influence comes from the pairs' role as negatives;
-    - Pearson and Spearman of ``positive`` and ``ecif`` against the leave-one-out changes;
+    - Pearson and Spearman of ``positive``, ``ecif`` and ``newton`` (the exact removal gradient,
+      which tells a first-order negative term from the Hessian's part) against the leave-one-out
+      changes;
     - ``within_batch_similarity``: :func:`ecif.core.batching.within_batch_mean` of
       ``similarity`` (e.g. :attr:`HardNegatives.similarity`; ``nan`` without one).
 
@@ -206,8 +208,8 @@ def hard_negative_study(param, x, y, val_objective: ContrastiveObjective, batchi
             raise RuntimeError(f"the fit under batching {name!r} did not reach gtol={gtol}: {res.summary()}; raise "
                                "max_iter or lam.")
         table, info = loo_experiment(objective, val_objective, res.theta, pairs, mask=mask, gtol=gtol,
-                                     variants=("positive", "negative", "ecif"), progress=progress)
-        agree = loo_metrics(table, ("positive", "ecif"))
+                                     variants=("positive", "negative", "ecif", "newton"), progress=progress)
+        agree = loo_metrics(table, ("positive", "ecif", "newton"))
         s = info["scores"]
         rows.append({
             "batching": name,
@@ -219,6 +221,8 @@ def hard_negative_study(param, x, y, val_objective: ContrastiveObjective, batchi
             "spearman_positive": agree["positive"]["spearman"],
             "pearson_ecif": agree["ecif"]["pearson"],
             "spearman_ecif": agree["ecif"]["spearman"],
+            "pearson_newton": agree["newton"]["pearson"],
+            "spearman_newton": agree["newton"]["spearman"],
             "val_loss": info["val_loss"],
             "fit_grad_norm": res.grad_norm,
             "refits_converged": bool(table["converged"].all()),

@@ -92,9 +92,10 @@ def hard_negative_run(dataset: str, data_root, encoder_dir, *, kind: str = "attr
 
 def metrics(summary: pd.DataFrame) -> dict:
     """``{"hard_negatives": {batching: {neg_to_pos, pearson_positive, spearman_positive,
-    pearson_ecif, spearman_ecif, within_batch_similarity}}}`` of a study summary."""
-    keys = ("neg_to_pos", "pearson_positive", "spearman_positive", "pearson_ecif", "spearman_ecif",
-            "within_batch_similarity")
+    pearson_ecif, spearman_ecif, pearson_newton, spearman_newton, within_batch_similarity}}}`` of
+    a study summary."""
+    keys = ("neg_to_pos", "pearson_positive", "spearman_positive", "pearson_ecif", "spearman_ecif", "pearson_newton",
+            "spearman_newton", "within_batch_similarity")
     return {"hard_negatives": {row["batching"]: {k: float(row[k]) for k in keys}
                                for _, row in summary.iterrows()}}
 
@@ -114,7 +115,7 @@ def findings(summary: pd.DataFrame, mined: pd.DataFrame | None = None) -> list[s
     change = "grows" if h["neg_to_pos"] > r["neg_to_pos"] else "shrinks"
     out.append(f"The negative term's share ||IS_neg|| / ||IS_pos|| {change} from {r['neg_to_pos']:.3f} (random) to "
                f"{h['neg_to_pos']:.3f} (hard negatives), a factor {h['neg_to_pos'] / r['neg_to_pos']:.2f}.")
-    for v in ("positive", "ecif"):
+    for v in ("positive", "ecif", "newton"):
         out.append(f"`{v}` against leave-one-out retraining ({int(h['n_loo'])} pairs): Pearson "
                    f"{r[f'pearson_{v}']:.3f} -> {h[f'pearson_{v}']:.3f}, Spearman {r[f'spearman_{v}']:.3f} -> "
                    f"{h[f'spearman_{v}']:.3f} (random -> hard negatives).")

@@ -14,8 +14,8 @@ from ecif.kit.problem import FitSettings  # noqa: E402
 
 
 def _summary():
-    rows = [dict(zip(STUDY_COLUMNS, ["random", 64, 7, 0.10, 0.20, 0.90, 0.85, 0.99, 0.98, 1.5, 1e-12, True, 8])),
-            dict(zip(STUDY_COLUMNS, ["hard_negative", 64, 7, 0.30, 0.50, 0.70, 0.60, 0.97, 0.95, 1.6, 1e-12, True, 8]))]
+    rows = [dict(zip(STUDY_COLUMNS, ["random", 64, 7, 0.10, 0.20, 0.90, 0.85, 0.99, 0.98, 0.995, 0.99, 1.5, 1e-12, True, 8])),
+            dict(zip(STUDY_COLUMNS, ["hard_negative", 64, 7, 0.30, 0.50, 0.70, 0.60, 0.97, 0.95, 0.98, 0.97, 1.6, 1e-12, True, 8]))]
     return pd.DataFrame(rows, columns=list(STUDY_COLUMNS))
 
 
@@ -25,7 +25,8 @@ def _loo():
     for b in ("random", "hard_negative"):
         a = rng.normal(size=8)
         parts.append(pd.DataFrame({"batching": b, "pair": np.arange(8), "misaligned": np.arange(8) < 2, "actual": a,
-                                   "positive": a + 0.1, "negative": 0.1 * a, "ecif": a}))
+                                   "positive": a + 0.1, "negative": 0.1 * a, "ecif": a,
+                                   "newton": a}))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -34,7 +35,8 @@ def test_metrics_keys():
     assert set(m) == {"random", "hard_negative"}
     assert m["hard_negative"]["neg_to_pos"] == 0.5 and m["random"]["pearson_ecif"] == 0.99
     assert set(m["random"]) == {"neg_to_pos", "pearson_positive", "spearman_positive", "pearson_ecif",
-                                "spearman_ecif", "within_batch_similarity"}
+                                "spearman_ecif", "pearson_newton", "spearman_newton",
+                                "within_batch_similarity"}
 
 
 def test_findings_are_computed_from_the_numbers():
