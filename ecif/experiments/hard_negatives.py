@@ -50,7 +50,7 @@ DEGRADATIONS = ("blur", "mask")
 #: Columns of the summary table of :func:`hard_negative_study` (one row per batching).
 STUDY_COLUMNS = ("batching", "batch_size", "n_batches", "within_batch_similarity", "neg_to_pos", "pearson_positive",
                  "spearman_positive", "pearson_ecif", "spearman_ecif", "pearson_newton", "spearman_newton", "val_loss",
-                 "fit_grad_norm", "refits_converged", "n_loo")
+                 "fit_grad_norm", "min_eigenvalue", "refit_iterations", "refits_converged", "n_loo")
 
 
 def degrade_images(images: np.ndarray, kind: str, strength: float, *, patch: int = 4, seed: int = 0) -> np.ndarray:
@@ -180,7 +180,10 @@ def hard_negative_study(param, x, y, val_objective: ContrastiveObjective, batchi
       which tells a first-order negative term from the Hessian's part) against the leave-one-out
       changes;
     - ``within_batch_similarity``: :func:`ecif.core.batching.within_batch_mean` of
-      ``similarity`` (e.g. :attr:`HardNegatives.similarity`; ``nan`` without one).
+      ``similarity`` (e.g. :attr:`HardNegatives.similarity`; ``nan`` without one);
+    - ``min_eigenvalue``: the smallest eigenvalue of the Hessian of ``L`` at the fit (``lam``
+      included), ``refit_iterations``: the median Newton steps of the refits (how far the
+      leave-one-out optima lie from ``theta_hat`` in the fit's own terms).
 
     Returns ``(summary, loo)``: ``summary`` has one row per batching and the columns
     :data:`STUDY_COLUMNS`; ``loo`` is the long leave-one-out table (``batching`` plus the
@@ -225,6 +228,8 @@ def hard_negative_study(param, x, y, val_objective: ContrastiveObjective, batchi
             "spearman_newton": agree["newton"]["spearman"],
             "val_loss": info["val_loss"],
             "fit_grad_norm": res.grad_norm,
+            "min_eigenvalue": float(info["solver"].get("min_eigenvalue", float("nan"))),
+            "refit_iterations": float(table["iterations"].median()),
             "refits_converged": bool(table["converged"].all()),
             "n_loo": int(pairs.size),
         })

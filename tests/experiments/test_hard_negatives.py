@@ -160,6 +160,8 @@ def test_study_numbers_equal_an_independent_computation():
         row = summary.set_index("batching").loc[name]
         assert row["neg_to_pos"] == pytest.approx(ratio, rel=1e-6)
         assert row["within_batch_similarity"] == pytest.approx(within_batch_mean(hn.similarity, bp), rel=1e-12)
+        lo = float(torch.linalg.eigvalsh(obj.hessian(theta))[0])
+        assert row["min_eigenvalue"] == pytest.approx(lo, rel=1e-6)
         part = loo[loo["batching"] == name]
         assert np.corrcoef(part["ecif"], part["actual"])[0, 1] == pytest.approx(row["pearson_ecif"], rel=1e-9)
         np.testing.assert_allclose(part["positive"], s["positive"].numpy()[pairs], rtol=1e-6, atol=1e-12)

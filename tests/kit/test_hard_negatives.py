@@ -14,8 +14,8 @@ from ecif.kit.problem import FitSettings  # noqa: E402
 
 
 def _summary():
-    rows = [dict(zip(STUDY_COLUMNS, ["random", 64, 7, 0.10, 0.20, 0.90, 0.85, 0.99, 0.98, 0.995, 0.99, 1.5, 1e-12, True, 8])),
-            dict(zip(STUDY_COLUMNS, ["hard_negative", 64, 7, 0.30, 0.50, 0.70, 0.60, 0.97, 0.95, 0.98, 0.97, 1.6, 1e-12, True, 8]))]
+    rows = [dict(zip(STUDY_COLUMNS, ["random", 64, 7, 0.10, 0.20, 0.90, 0.85, 0.99, 0.98, 0.995, 0.99, 1.5, 1e-12, 0.1, 6.0, True, 8])),
+            dict(zip(STUDY_COLUMNS, ["hard_negative", 64, 7, 0.30, 0.50, 0.70, 0.60, 0.97, 0.95, 0.98, 0.97, 1.6, 1e-12, 0.1, 6.0, True, 8]))]
     return pd.DataFrame(rows, columns=list(STUDY_COLUMNS))
 
 
