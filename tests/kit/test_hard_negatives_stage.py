@@ -15,7 +15,7 @@ from ecif.kit.problem import FitSettings  # noqa: E402
 
 def _summary():
     rows = [dict(zip(STUDY_COLUMNS, ["random", 64, 7, 0.10, 0.20, 0.90, 0.85, 0.99, 0.98, 0.995, 0.99, 1.5, 1e-12, 0.1, 6.0, True, 8])),
-            dict(zip(STUDY_COLUMNS, ["hard_negative", 64, 7, 0.30, 0.50, 0.70, 0.60, 0.97, 0.95, 0.98, 0.97, 1.6, 1e-12, 0.1, 6.0, True, 8]))]
+            dict(zip(STUDY_COLUMNS, ["hard_negative", 64, 7, 0.30, 0.50, 0.70, 0.60, 0.97, 0.95, 0.98, 0.97, 1.6, 1e-12, 0.02, 7.5, True, 8]))]
     return pd.DataFrame(rows, columns=list(STUDY_COLUMNS))
 
 
@@ -45,6 +45,7 @@ def test_findings_are_computed_from_the_numbers():
     text = "\n".join(H.findings(_summary(), mined))
     assert "grows from 0.200 (random) to 0.500" in text and "factor 2.50" in text
     assert "70% of its 8 mined hard negatives" in text and "16% under random" in text
+    assert "0.1000 (random), 0.0200 (hard negatives)" in text and "6.0 and 7.5" in text
     assert "Pearson 0.900 -> 0.700" in text and "+0.090 under random batching, +0.270" in text
 
 
