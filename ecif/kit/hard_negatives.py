@@ -131,8 +131,8 @@ def findings(summary: pd.DataFrame, mined: pd.DataFrame | None = None) -> list[s
 
 
 def study_figure(summary: pd.DataFrame, loo: pd.DataFrame):
-    """Left: ``||IS_neg|| / ||IS_pos||`` per batching. Middle: Pearson of ``positive`` and
-    ``ecif`` with retraining per batching. Right: predicted ``ecif`` against the actual
+    """Left: ``||IS_neg|| / ||IS_pos||`` per batching. Middle: Pearson of ``positive``,
+    ``ecif`` and ``newton`` with retraining per batching. Right: predicted ``ecif`` against the actual
     leave-one-out change, one colour per batching (crosses: misaligned pairs)."""
     import matplotlib.pyplot as plt
 
@@ -143,16 +143,16 @@ def study_figure(summary: pd.DataFrame, loo: pd.DataFrame):
     ax[0].set_xlabel("batching")
     ax[0].set_ylabel("||IS_neg|| / ||IS_pos||")
     ax[0].set_title("share of the negative term")
-    width = 0.38
+    width, variants = 0.38, ("positive", "ecif", "newton")
     for i, (name, colour) in enumerate(zip(names, colours)):
         row = summary.iloc[i]
-        ax[1].bar(np.arange(2) + (i - 0.5) * width, [row["pearson_positive"], row["pearson_ecif"]], width,
+        ax[1].bar(np.arange(len(variants)) + (i - 0.5) * width, [row[f"pearson_{v}"] for v in variants], width,
                   color=colour, label=name)
-    ax[1].set_xticks(np.arange(2), ["positive", "ecif"])
+    ax[1].set_xticks(np.arange(len(variants)), list(variants))
     ax[1].set_xlabel("influence variant")
     ax[1].set_ylabel("Pearson with leave-one-out")
-    ax[1].set_ylim(min(0.0, float(summary[["pearson_positive", "pearson_ecif"]].min().min())), 1.0)
-    ax[1].legend(title="batching", fontsize=8)
+    ax[1].set_ylim(min(0.0, float(summary[[f"pearson_{v}" for v in variants]].min().min())), 1.0)
+    ax[1].legend(title="batching", fontsize=8, loc="lower left")
     for name, colour in zip(names, colours):
         part = loo[loo["batching"] == name]
         bad = part["misaligned"].to_numpy(bool)
