@@ -46,6 +46,7 @@ def test_findings_are_computed_from_the_numbers():
     assert "grows from 0.200 (random) to 0.500" in text and "factor 2.50" in text
     assert "70% of its 8 mined hard negatives" in text and "16% under random" in text
     assert "0.1000 (random), 0.0200 (hard negatives)" in text and "6.0 and 7.5" in text
+    assert "even `newton`" in text  # flatter (0.02 < 0.1) and newton agrees less (0.98 < 0.995)
     assert "Pearson 0.900 -> 0.700" in text and "+0.090 under random batching, +0.270" in text
 
 
