@@ -38,6 +38,7 @@ TINY = {
     "traceback": {"n_items": 2, "ks": [2], "n_random": 1, "n_gallery": 2, "top": 2},
     "emi": {"levels": [3], "shift_seeds": [0], "n_boot": 50, "rates": [0.0, 0.2], "joint": [["noise", "typo"]],
             "noise_seeds": [0]},
+    "hard_negatives": {"n_hard": 4, "n_pairs": 4, "n_misaligned": 2},
 }
 
 

@@ -62,3 +62,16 @@ def test_figure_has_named_axes_and_one_colour_per_batching():
 def test_block_mode_is_refused_before_any_work():
     with pytest.raises(ValueError, match="finetune.mode: head"):
         H.hard_negative_run("shapes", "data", "nowhere", settings=FitSettings(mode="blocks"))
+
+
+@pytest.mark.slow
+def test_the_stage_runs_in_the_tiny_pipeline(smoke_run):
+    import json
+    import math
+
+    m = json.loads((smoke_run / "metrics" / "hard_negatives.json").read_text())
+    assert set(m["hard_negatives"]) == {"random", "hard_negative"}
+    for row in m["hard_negatives"].values():
+        assert all(math.isfinite(v) for v in row.values())
+    table = pd.read_csv(smoke_run / "plots" / "hard_negatives.csv")
+    assert set(table["batching"]) == {"random", "hard_negative"} and len(table) == 2 * 4  # n_pairs 4 each
