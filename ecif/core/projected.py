@@ -292,7 +292,9 @@ class ProjectedInfluence:
                 u_dot = torch.cat([t[0] for t in tang])  # (K, m, b, e)
                 w_dot = torch.cat([t[1] for t in tang])
                 m = u.shape[0]
-                s, s_dot = obj._s_sdot(sc, t_dot[:, None, None, None], u, w, u_dot, w_dot)  # (K, m, b, b)
+                # S = s U W^T and, per column, Sdot = t_dot S + s (Udot W^T + U Wdot^T): (K, m, b, b)
+                s = (sc * u) @ w.transpose(1, 2)
+                s_dot = t_dot[:, None, None, None] * s + sc * (u_dot @ w.transpose(1, 2) + u @ w_dot.transpose(-1, -2))
                 mk = obj.masks.select(sl)
                 folded = terms.Masks(mk.keep.repeat(K, 1), mk.pairs.repeat(K, 1, 1), mk.offdiag.repeat(K, 1, 1))
                 d = terms.directional_terms(s.expand(K, m, b, b).reshape(K * m, b, b), s_dot.reshape(K * m, b, b),
