@@ -97,16 +97,20 @@ def test_projected_scores_approach_the_exact_solve(fitted):
     obj, theta, gv, exact = fitted
     x = exact["newton"]
     rows = {}
-    for k in (1, 2, 4, 8, 10**6):
+    for k in (1, 2, 4, 8):  # k = 8 keeps every factor of this model whole: the full space
         for curv in ("gauss_newton", "fisher", "hessian"):
+            if curv == "hessian" and k == 2:
+                continue  # K Hessian-vector products each: only where the test needs it
             pi = ProjectedInfluence(obj, theta, k=k, curvature=curv)
             got = pi.influence_scores(gv)["newton"]
             rows[k, curv] = (pi.dim, _corr(got, x), _rel(got, x))
-            print(f"\n[projected] k {k:>7} {curv:>12}: K {pi.dim:>3} of P {obj.n_params}, Pearson "
+            print(f"\n[projected] k {k} {curv:>12}: K {pi.dim:>2} of P {obj.n_params}, Pearson "
                   f"{rows[k, curv][1]:.4f}, rel. L2 {rows[k, curv][2]:.3e}", end="")
-    assert rows[10**6, "hessian"][2] < 1e-8  # the full space with the exact Hessian: exact
-    assert rows[8, "gauss_newton"][1] >= 0.9
-    assert rows[8, "hessian"][2] <= rows[1, "hessian"][2]
+    assert rows[8, "hessian"][0] == obj.n_params and rows[8, "hessian"][2] < 1e-8  # full space, exact Hessian
+    # measured: Gauss-Newton Pearson 0.63, 0.78, 0.91, 0.94 for k = 1, 2, 4, 8 (rel. L2 0.82 .. 0.43)
+    assert rows[8, "gauss_newton"][1] >= 0.9 and rows[4, "gauss_newton"][1] >= 0.85
+    assert rows[8, "gauss_newton"][2] < rows[2, "gauss_newton"][2] < rows[1, "gauss_newton"][2]
+    assert rows[4, "hessian"][2] < rows[1, "hessian"][2]
 
 
 def test_deterministic_from_the_seed(fitted):
