@@ -105,6 +105,18 @@ def _row(encoder_dir: str, n: int, blocks: int, targets: tuple, queue, rank: int
                "cold_s": cold_s, "peak_GiB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})
 
 
+def _next(q, proc) -> dict:
+    """The row process's next message; stops the benchmark when the process died without one."""
+    import queue
+
+    while True:
+        try:
+            return q.get(timeout=5)
+        except queue.Empty:
+            if not proc.is_alive():
+                raise SystemExit(f"the row process exited with code {proc.exitcode} (its traceback is above)")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--encoder-dir", default="artifacts/encoder")
@@ -125,7 +137,7 @@ def main(argv=None) -> None:
         q = ctx.Queue()
         proc = ctx.Process(target=_row, args=(args.encoder_dir, args.n, blocks, targets, q, args.rank, projected))
         proc.start()
-        while (r := q.get())["kind"] == "projected":  # the projected lines come first, as measured
+        while (r := _next(q, proc))["kind"] == "projected":  # the projected lines come first, as measured
             print(f"  projected k {r['k']:>4}: K {r['K']:>5} of P {r['P']:>6}, proj_s {r['proj_s']:>7.1f}, "
                   f"proj/score {r['proj_s'] / r['score_s']:>5.2f}; ecif Pearson {r['ecif_pearson']:.4f} Spearman "
                   f"{r['ecif_spearman']:.4f} rel. L2 {r['ecif_rel_l2']:.3f}; newton Pearson {r['newton_pearson']:.4f} "
