@@ -341,13 +341,15 @@ def trace(model, tower: str, clean: torch.Tensor, corrupt: torch.Tensor, candida
 # inputs: captions, images, candidates
 
 
-def text_ids(tokenizer, texts: list[str], device="cpu") -> torch.Tensor:
-    """Token ids ``(n, T)`` of ``texts``, cut after the last non-padding position of any of them
-    (padding id 0 for both the BERT and the CLIP tokenizer)."""
-    ids = tokenizer(list(texts))
-    used = (ids != 0).any(dim=0).nonzero()
-    t = int(used.max()) + 1 if len(used) else ids.shape[1]
-    return ids[:, :t].to(device)
+def text_ids(model, tokenizer, texts: list[str]) -> torch.Tensor:
+    """Token ids ``(n, T)`` of ``texts`` on the model's device. For a Hugging Face tower (mean or
+    class-token pooling under a padding mask) they are cut after the last non-padding position of
+    any text, which changes no output; open_clip's own text transformer needs its full context."""
+    ids = tokenizer(list(texts)).to(_device(model))
+    if _kind(model, "text") != "hf":
+        return ids
+    used = (ids != model.text.config.pad_token_id).any(dim=0).nonzero()
+    return ids[:, : int(used.max()) + 1] if len(used) else ids
 
 
 def _text_roles(clean: torch.Tensor, corrupt: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -470,7 +472,7 @@ def trace_text(model, tokenizer, ex: SwapExamples, kinds=("attn", "mlp"), window
     from ecif.data.encoders import image_tensor
 
     dev = _device(model)
-    both = text_ids(tokenizer, list(ex.clean_captions) + list(ex.corrupt_captions), dev)
+    both = text_ids(model, tokenizer, list(ex.clean_captions) + list(ex.corrupt_captions))
     n = len(ex.clean_captions)
     clean, corrupt = both[:n], both[n:]
     lens = ((clean != 0).sum(1), (corrupt != 0).sum(1))
@@ -500,7 +502,7 @@ def trace_image(model, tokenizer, ex: SwapExamples, kinds=("attn", "mlp"), windo
     clean = image_tensor(ex.images[rows_n, ex.target], cfg).to(dev)
     corrupt = image_tensor(ex.images[rows_n, ex.wrong], cfg).to(dev)
     roles, changed = changed_patches(model, clean, corrupt)
-    ids = text_ids(tokenizer, [c for cs in ex.captions for c in cs], dev)
+    ids = text_ids(model, tokenizer, [c for cs in ex.captions for c in cs])
     cand = candidate_embeddings(model, "text", ids, n, k)
     target = torch.as_tensor(ex.target, device=dev)
     return trace(model, "image", clean, corrupt, cand, target, roles, changed, kinds, window, rows=rows)
