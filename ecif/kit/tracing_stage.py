@@ -20,7 +20,7 @@ from ecif.kit.problem import FitSettings, fit_corrupted
 __all__ = ["TRACING_SETTINGS", "block_swap_models", "traced_block_fits"]
 
 #: Small block-mode fits: one adapted block per tower, LoRA on q and v, lam 0.3 (docs/math.md §14).
-TRACING_SETTINGS = FitSettings(mode="blocks", blocks=1, targets=("qv",), lam=0.3, n_train=120, batch_size=40)
+TRACING_SETTINGS = FitSettings(mode="blocks", blocks=1, targets=("qv",), lam=0.3, n_train=60, batch_size=30)
 
 
 def block_swap_models(dataset: str, data_root, encoder_dir, *, attribute: str = "color", rate: float = 0.3,
