@@ -36,8 +36,8 @@ Traced module kinds per layer (forward hooks on the model's own modules, removed
 
 Towers: open_clip ``VisionTransformer`` (tokens: the class token, then the patches row by row),
 open_clip's causal text transformer and the Hugging Face BERT tower of the kit's default encoder
-(the MiniLM: 6 layers). Text inputs are cut after the longest caption (later positions are
-padding, which neither tower's pooled output reads).
+(the MiniLM: 6 layers). For the BERT tower, token ids are cut after the longest caption (later
+positions are masked padding, which its pooled output does not read).
 
 All restored runs of a trace are batched: ``C`` restoration conditions of ``n`` examples run as
 one batch of ``C n`` corrupted inputs (in chunks of ``rows`` rows) whose hooks overwrite, per row,
