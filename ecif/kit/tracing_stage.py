@@ -70,3 +70,34 @@ def traced_block_fits(dataset: str, data_root, encoder_dir, *, attribute: str = 
     out.update(rules=fitted["rules"], fits=fitted["fits"], fit_seconds=fitted["seconds"],
                trace_seconds=time.perf_counter() - t0)
     return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m ecif.kit.tracing_stage [--n-examples N] [--attribute A] [--rate R] [--out DIR]``:
+    fit, merge and trace (:func:`traced_block_fits`) on the shapes data with the shapes encoder,
+    print the per-layer summary and, with ``--out``, write the tables as CSV."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--data-root", default="data")
+    ap.add_argument("--encoder-dir", default="artifacts/encoder_shapes")
+    ap.add_argument("--attribute", default="color")
+    ap.add_argument("--rate", type=float, default=0.3)
+    ap.add_argument("--n-examples", type=int, default=16)
+    ap.add_argument("--window", type=int, default=3)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    out = traced_block_fits("shapes", a.data_root, a.encoder_dir, attribute=a.attribute, rate=a.rate,
+                            n_examples=a.n_examples, window=a.window, base=True)
+    print(f"swap rules {out['rules']}; fits {out['fit_seconds']:.0f} s, traces {out['trace_seconds']:.0f} s")
+    print(out["examples"].to_string())
+    print(out["layers"].round(3).to_string())
+    if a.out:
+        folder = Path(a.out)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("tokens", "roles", "layers", "examples"):
+            out[name].to_csv(folder / f"tracing_{name}.csv", index=False)
+
+
+if __name__ == "__main__":
+    main()
