@@ -65,7 +65,7 @@ from ecif.experiments.zeroshot import ZeroShotSet
 
 __all__ = ["ALT_TEMPLATES", "METRICS", "REPAIRS", "RepairCase", "Repaired", "add_pairs", "caption_sets",
            "collect_keys", "edited_weight", "evaluate", "key_mask", "key_second_moment", "mentions", "mlp_output_projection",
-           "optimise_shift", "rank_one_text_edit", "repair_table", "run_repairs", "text_features_grad",
+           "optimise_shift", "rank_one_text_edit", "repair_table", "run_repairs", "summarise", "text_features_grad",
            "text_layers"]
 
 #: Caption templates other than the training one, for the generalisation metric.
@@ -427,7 +427,8 @@ def run_repairs(case: RepairCase, *, k: int | None = None, fraction: float = 0.1
     """The repairs ``repairs`` (names of :data:`REPAIRS`) of ``case``, each timed. ``ecif_top_k``
     removes the ``k`` highest-scoring pairs (``None``: ``round(fraction * n)``, as the cleaning
     stage does); refits are warm Newton fits to ``gtol`` (``preconditioner``: the engine's
-    solver at ``theta_hat``, as the cleaning stage passes it)."""
+    solver at ``theta_hat``, as the cleaning stage passes it; it also preconditions the
+    ``finetune`` refit, whose enlarged objective has a nearby Hessian)."""
     unknown = [r for r in repairs if r not in REPAIRS]
     if unknown:
         raise ValueError(f"unknown repair(s) {unknown}; choose from {REPAIRS}.")
@@ -455,7 +456,8 @@ def run_repairs(case: RepairCase, *, k: int | None = None, fraction: float = 0.1
             y_fix = case.centre_text(torch.as_tensor(
                 text_features(case.model, case.tokenizer, list(case.fix_captions), progress=False),
                 dtype=DTYPE, device=case.objective.device))
-            res = fit(add_pairs(case.objective, case.fix_x, y_fix), theta_init=case.theta_hat, gtol=gtol)
+            res = fit(add_pairs(case.objective, case.fix_x, y_fix), theta_init=case.theta_hat, gtol=gtol,
+                      preconditioner=preconditioner)
             info = {"added": int(len(case.fix_x))}
         info.update(converged=bool(res.converged), grad_norm=float(res.grad_norm))
         out.append(Repaired(name, res.theta, seconds=time.perf_counter() - t0, info=info))
@@ -517,3 +519,14 @@ def repair_table(case: RepairCase, **kwargs) -> pd.DataFrame:
             rows.append({"repair": r.name, "metric": m, "value": vals[m], "before": base[m],
                          "change": vals[m] - base[m], "layer": r.layer, "converged": r.info.get("converged")})
     return pd.DataFrame(rows)
+
+
+def summarise(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sample std (ddof 1; NaN for one seed) of each (repair, metric) ``value`` of a tidy
+    table over its rows (e.g. several noise seeds): index ``repair`` in :data:`REPAIRS` order,
+    columns ``(metric, "mean" | "std")`` in :data:`METRICS` order."""
+    g = table.groupby(["repair", "metric"])["value"].agg(["mean", "std"]).unstack("metric")
+    g = g.swaplevel(axis=1)
+    order = [r for r in REPAIRS if r in g.index]
+    cols = [(m, s) for m in METRICS if m in g.columns.get_level_values(0) for s in ("mean", "std")]
+    return g.loc[order, cols]
