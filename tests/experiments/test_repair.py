@@ -50,7 +50,8 @@ def case():
     res = fit(obj, gtol=1e-9)
     assert res.converged
     val = ContrastiveObjective(param, _t(f["x_val"]), _t(f["y_val"]), BatchingProtocol.from_seed(90, 45, 1))
-    scores = detection_scores(ECIF(obj, res.theta), validation_gradient(val, res.theta), methods=("ecif",))["ecif"]
+    engine = ECIF(obj, res.theta)
+    scores = detection_scores(engine, validation_gradient(val, res.theta), methods=("ecif",))["ecif"]
     spec, pre = ds.spec, ds["pretrain"]
     shape = np.asarray(pre.attributes["shape"])
     rows = np.concatenate([np.flatnonzero(shape == spec.values["shape"].index(target))[:6],
@@ -60,7 +61,7 @@ def case():
         word=target, eval_x=_t(f["x_test"]), eval_attributes=ds["test"].attributes,
         ref_x=_t(f["x_val"]), ref_labels=np.asarray(ds["val"].labels), fix_x=_t(f["x_pretrain"][rows]),
         fix_captions=[pre.captions[i] for i in rows], ordinary_captions=list(dict.fromkeys(pre.captions)),
-        oracle=np.flatnonzero(corruption.mask), scores=np.asarray(scores), info={"source": source})
+        oracle=np.flatnonzero(corruption.mask), scores=np.asarray(scores), info={"source": source, "solver": engine.solver})
 
 
 @pytest.fixture(scope="module")
@@ -113,12 +114,13 @@ def test_edit_is_more_effective_than_the_unedited_model(case, edited, sets):
 
 
 def test_refits_are_the_kits_retraining(case):
-    got = {r.name: r for r in R.run_repairs(case, repairs=("oracle", "ecif_top_k"), fraction=0.1)}
-    direct = retrain(case.objective, case.theta_hat, case.oracle)
+    pre = case.info["solver"]  # the engine's solver preconditions every warm refit, as in the cleaning stage
+    got = {r.name: r for r in R.run_repairs(case, repairs=("oracle", "ecif_top_k"), fraction=0.1, preconditioner=pre)}
+    direct = retrain(case.objective, case.theta_hat, case.oracle, preconditioner=pre)
     assert float((got["oracle"].theta - direct.theta).abs().max()) < 1e-10
     assert got["oracle"].info["removed_injected"] == len(case.oracle)
     top = top_fraction(case.scores, 0.1)
-    assert float((got["ecif_top_k"].theta - retrain(case.objective, case.theta_hat, top).theta).abs().max()) < 1e-10
+    assert float((got["ecif_top_k"].theta - retrain(case.objective, case.theta_hat, top, preconditioner=pre).theta).abs().max()) < 1e-10
     assert got["ecif_top_k"].info["removed"] == 15
 
 
@@ -140,7 +142,7 @@ def test_add_pairs_keeps_the_original_batches(case):
 
 
 def test_table_is_tidy_and_reports_every_repair(case):
-    df = R.repair_table(case, repairs=("none", "oracle"), fraction=0.1)
+    df = R.repair_table(case, repairs=("none", "oracle"), fraction=0.1, preconditioner=case.info["solver"])
     assert list(df.columns[:5]) == ["repair", "metric", "value", "before", "change"]
     assert len(df) == 2 * len(R.METRICS)
     none = df[df.repair == "none"]
