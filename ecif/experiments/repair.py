@@ -301,7 +301,7 @@ def caption_sets(spec, attributes: dict, word: str, templates=ALT_TEMPLATES) -> 
 def _centroids(param, theta, x, labels, n_classes) -> torch.Tensor:
     u = param.encode_images(theta, x)
     u = u / u.norm(dim=1, keepdim=True)
-    lab = torch.as_tensor(labels, device=u.device)
+    lab = torch.as_tensor(np.array(labels, dtype=np.int64), device=u.device)  # a copy: the labels may be read-only
     c = torch.stack([u[lab == j].mean(dim=0) if bool((lab == j).any()) else torch.zeros_like(u[0])
                      for j in range(n_classes)])
     return c / c.norm(dim=1, keepdim=True).clamp_min(1e-300)
