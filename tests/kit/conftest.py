@@ -39,6 +39,7 @@ TINY = {
     "emi": {"levels": [3], "shift_seeds": [0], "n_boot": 50, "rates": [0.0, 0.2], "joint": [["noise", "typo"]],
             "noise_seeds": [0]},
     "hard_negatives": {"n_hard": 4, "n_pairs": 4, "n_misaligned": 2},
+    "tracing": {"n_examples": 4, "noise_seeds": [0], "lam": 0.1, "steps": 5, "n_fix": 4},
 }
 
 
