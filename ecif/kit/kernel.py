@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 KERNEL_NAME = "ecif"
@@ -78,6 +79,9 @@ def main(argv: list[str]) -> None:
         os.chdir(target)
     if sys.path and sys.path[0] == "":
         del sys.path[0]  # as ipykernel_launcher does
+    # tqdm.auto warns in every kernel without ipywidgets ("IProgress not found"); the kit's progress
+    # lines are plain text, so the warning only clutters the executed reports
+    warnings.filterwarnings("ignore", message="IProgress not found")
     from ipykernel import kernelapp
 
     kernelapp.launch_new_instance(argv=argv)

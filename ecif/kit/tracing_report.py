@@ -57,13 +57,13 @@ def findings(studies: dict) -> list[str]:
                 lines.append(f"{attribute}, {tower} tower: the corruption flips no retrieval; nothing to trace.")
                 continue
             best = part.iloc[0]
-            where = "one layer" if best["restore"] == "layer" else f"a window of layers ({best['restore']})"
+            where = "at layer" if best["restore"] == "layer" else f"in a window of layers ({best['restore']}) centred on layer"
             single = part[part["restore"] == "layer"]
             top_single = float(single["nie"].max()) if len(single) else float("nan")
             lines.append(
                 f"{attribute}, {tower} tower: the corruption flips {int(e['n_flipped'])} of {int(e['n'])} retrievals "
                 f"(p correct {e['p_clean']:.3f} clean, {e['p_corrupt']:.3f} corrupted). The most is restored by the "
-                f"{best['kind']} output at {where} centred on layer {int(best['layer'])}, token {int(best['token'])} "
+                f"{best['kind']} output {where} {int(best['layer'])}, token {int(best['token'])} "
                 f"({best['role']}): NIE {best['nie']:.2f}; the best single module at one layer and token: "
                 f"{top_single:.2f}" + (" (the constraint is spread, not stored at one place)." if top_single < 0.2
                                        else "."))

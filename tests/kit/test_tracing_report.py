@@ -52,7 +52,7 @@ def test_metrics_peaks_and_edit_layer():
 def test_findings_say_where_and_when_nothing_flips():
     text = R.findings({"shape": _study()})
     assert text[0].startswith("shape, text tower: the corruption flips 6 of 8")
-    assert "mlp output at a window of layers (window3) centred on layer 1, token 2 (constraint): NIE 0.40" in text[0]
+    assert "mlp output in a window of layers (window3) centred on layer 1, token 2 (constraint): NIE 0.40" in text[0]
     assert "best single module at one layer and token: 0.15 (the constraint is spread" in text[0]
     assert text[1] == "shape, image tower: the corruption flips no retrieval; nothing to trace."
 
