@@ -36,3 +36,19 @@ def no_network(monkeypatch):
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture(scope="session")
+def shapes_encoder_dir(tmp_path_factory) -> Path:
+    """The trained shapes encoder: ``artifacts/encoder_shapes`` when the pipeline built it, else the
+    same encoder trained here as the ``encoder_shapes`` stage does (embedded ``shapes``, seed 0,
+    40 epochs; deterministic), so the tests that need a trained encoder run on a fresh clone."""
+    built = Path(__file__).resolve().parents[1] / "artifacts" / "encoder_shapes"
+    if (built / "encoder.safetensors").is_file():
+        return built
+    from ecif.data.datasets import load_dataset
+    from ecif.data.encoders import train_default
+
+    out = tmp_path_factory.mktemp("encoder_shapes")
+    train_default(load_dataset("shapes"), seed=0, epochs=40, out_dir=out, progress=False)
+    return out

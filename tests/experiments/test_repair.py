@@ -3,7 +3,6 @@ trained encoder: the text-tower edit is local and effective, the refits are the 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +19,6 @@ from ecif.experiments import repair as R
 from ecif.experiments.cleaning import top_fraction
 from ecif.experiments.retraining import retrain
 
-ENCODER = Path(__file__).resolve().parents[2] / "artifacts" / "encoder_shapes"
 LAYER = 3
 
 
@@ -29,9 +27,7 @@ def _t(a):
 
 
 @pytest.fixture(scope="module")
-def case():
-    if not (ENCODER / "encoder.safetensors").is_file():
-        pytest.skip("the trained shapes encoder (artifacts/encoder_shapes) is not here: dvc pull")
+def case(shapes_encoder_dir):
     from ecif.data.datasets import load_dataset
     from ecif.data.encoders import load_encoder
     from ecif.data.features import extract_features
@@ -39,7 +35,7 @@ def case():
     from ecif.experiments.detection import detection_scores
 
     torch.manual_seed(0)
-    model, tok, _ = load_encoder("embedded", ENCODER)
+    model, tok, _ = load_encoder("embedded", shapes_encoder_dir)
     model.eval()
     ds = load_dataset("shapes", sizes={"pretrain": 150, "train": 150, "val": 90, "test": 120})
     corruption = inject(ds["train"], "attribute_swap", 0.2, 0, systematic=True, attribute="shape")

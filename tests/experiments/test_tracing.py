@@ -3,7 +3,6 @@ restoring nothing the corrupted one (NIE 1 and 0), for both towers of the defaul
 (ViT + BERT MiniLM) and a CLIP text transformer; the batched grid equals single restorations;
 hooks are gone afterwards; misaligned corruptions are refused; token roles and changed patches."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +13,6 @@ from ecif.data.embedded import shapes
 from ecif.experiments import tracing as T
 
 TINY = dict(width=16, layers=2, heads=2, embed_dim=16)
-ENCODER_SHAPES = Path(__file__).resolve().parents[2] / "artifacts" / "encoder_shapes"
 
 
 def _clip_text_model():
@@ -149,9 +147,8 @@ def test_roles_and_changed_patches(models, split):
     assert r[0, 0] == "cls" and r[0, 10] == "corrupted" and r[0, 2] == "clean"
 
 
-@pytest.mark.skipif(not (ENCODER_SHAPES / "encoder.safetensors").exists(), reason="artifacts/encoder_shapes not built")
-def test_trained_encoder_colour_corruption_flips_retrieval():
-    model, tok, _ = E.load_encoder("embedded", ENCODER_SHAPES)
+def test_trained_encoder_colour_corruption_flips_retrieval(shapes_encoder_dir):
+    model, tok, _ = E.load_encoder("embedded", shapes_encoder_dir)
     split = shapes(sizes={"pretrain": 1, "train": 1, "val": 1, "test": 12})["test"]
     ex = T.shapes_swap_examples(split, "color", 12, seed=0)
     tr = T.trace_image(model, tok, ex, kinds=("attn",), window=1)

@@ -2,7 +2,6 @@
 restoration, layer and token), identical models give identical rows, the per-layer summary is
 consistent with them; bad arguments are refused."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,12 +10,10 @@ from ecif.data import encoders as E
 from ecif.data.embedded import shapes
 from ecif.experiments.tracing_study import tracing_study
 
-ENCODER_SHAPES = Path(__file__).resolve().parents[2] / "artifacts" / "encoder_shapes"
 
 
-@pytest.mark.skipif(not (ENCODER_SHAPES / "encoder.safetensors").exists(), reason="artifacts/encoder_shapes not built")
-def test_tables_hold_the_heatmaps():
-    model, tok, _ = E.load_encoder("embedded", ENCODER_SHAPES)
+def test_tables_hold_the_heatmaps(shapes_encoder_dir):
+    model, tok, _ = E.load_encoder("embedded", shapes_encoder_dir)
     split = shapes(sizes={"pretrain": 1, "train": 1, "val": 1, "test": 8})["test"]
     out = tracing_study({"a": model, "b": model}, tok, split, attribute="color", n_examples=8, towers=("image",),
                         window=2)
