@@ -40,3 +40,24 @@ def save_tiny_resnet_clip(folder: str | Path, seed: int = 0) -> Path:
     torch.save(model.state_dict(), ckpt)
     del open_clip
     return ckpt
+
+
+#: Widths of the tiny ViT + MiniLM default model of the tracing and merge tests.
+TINY_DEFAULT = dict(width=16, layers=2, heads=2, embed_dim=16)
+
+
+def tiny_clip_text_model():
+    """A seeded open_clip ``CLIP`` (8-pixel ViT, 2-layer causal text transformer, CLIP BPE
+    tokenizer), in eval mode, with its tokenizer: open_clip's own text tower for the tests that
+    must cover both text-tower kinds."""
+    import torch
+    from open_clip.model import CLIP
+
+    from ecif.data.encoders import open_clip_module
+
+    open_clip = open_clip_module()
+    torch.manual_seed(1)
+    model = CLIP(embed_dim=12, vision_cfg={"image_size": 8, "patch_size": 4, "width": 16, "layers": 2, "head_width": 8},
+                 text_cfg={"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 2}).eval()
+    model.visual.preprocess_cfg = {"size": 8, "mean": (0.5,) * 3, "std": (0.5,) * 3}
+    return model, open_clip.get_tokenizer("ViT-B-32", context_length=16)

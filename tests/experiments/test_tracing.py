@@ -12,17 +12,9 @@ from ecif.data import encoders as E
 from ecif.data.embedded import shapes
 from ecif.experiments import tracing as T
 
-TINY = dict(width=16, layers=2, heads=2, embed_dim=16)
+from tests.tiny_open_clip import TINY_DEFAULT as TINY, tiny_clip_text_model as _clip_text_model
 
 
-def _clip_text_model():
-    from open_clip.model import CLIP
-
-    torch.manual_seed(1)
-    model = CLIP(embed_dim=12, vision_cfg={"image_size": 8, "patch_size": 4, "width": 16, "layers": 2, "head_width": 8},
-                 text_cfg={"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 2}).eval()
-    model.visual.preprocess_cfg = {"size": 8, "mean": (0.5,) * 3, "std": (0.5,) * 3}
-    return model, E.open_clip_module().get_tokenizer("ViT-B-32", context_length=16)
 
 
 @pytest.fixture(scope="module")
