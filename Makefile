@@ -3,7 +3,7 @@
 #   make repro   set up .venv if needed, pull the data, run the DVC pipeline, say where reports are
 #   make test    set up .venv if needed, run the test suite
 #
-# Helpers: make setup | make plots | make lab | make lock | make clean-venv | make help
+# Helpers: make setup | make plots | make screenshots | make lab | make lock | make clean-venv | make help
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -22,7 +22,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 export DVC_NO_ANALYTICS := 1
 export PYTHON VENV
 
-.PHONY: help repro class test setup pull plots lab lock clean-venv
+.PHONY: help repro class test setup pull plots screenshots lab lock clean-venv
 
 # Class mode (README "Class mode"): the core stages check_params .. loo, detect with a shorter
 # encoder training and 12 leave-one-out refits, as a DVC experiment in the workspace.
@@ -34,6 +34,7 @@ help:
 	@echo "make test    - set up $(VENV) if needed, run pytest (extra args: PYTEST_ARGS='-m \"not slow\"')"
 	@echo "make setup   - only create/update $(VENV) (requirements.lock: torch==2.14.1, .[kit,test,peers]; kernel ecif)"
 	@echo "make plots   - dvc plots show with the offline HTML template -> $(PLOTS_OUT)/index.html"
+	@echo "make screenshots - notebook 00 and the plots page as PNGs, headless Chromium, no network -> docs/screenshots/"
 	@echo "make lab     - open JupyterLab at the repository root (sources in notebooks/, executed reports in reports/), on notebook 00"
 	@echo "make lock    - re-resolve every dependency in a throw-away venv and rewrite requirements.lock"
 
@@ -79,6 +80,11 @@ test: setup
 plots: setup
 	@dvc plots show --html-template $(PLOTS_TEMPLATE) -o $(PLOTS_OUT)
 	@echo "[plots] open $(PLOTS_OUT)/index.html (works offline: vega libraries are inlined)"
+
+# PNGs for the README (tools/screenshots.sh: executes notebook 00, renders the plots page in a
+# temporary folder, needs Chromium and the outputs of make repro).
+screenshots: setup
+	@tools/screenshots.sh docs/screenshots
 
 # Lab at the repository root (notebooks/ and reports/ both in its file browser), notebook 00 open;
 # the kernel `ecif` (ecif/kit/kernel.py) runs every notebook from the root, wherever it starts.
