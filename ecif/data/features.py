@@ -43,8 +43,13 @@ from ecif.data.pairs import SPLITS, Dataset
 # locating and lifting the final projection
 
 
+TOWERS = ("image", "text")
+
+
 def _projection_slot(model, tower: str):
     """(owner module, attribute name) of the final projection of ``tower`` ('image'/'text'), or None."""
+    if tower not in TOWERS:
+        raise ValueError(f"tower must be one of {TOWERS}, got {tower!r}")
     if tower == "image":
         vis = model.visual
         if isinstance(getattr(vis, "proj", None), nn.Parameter):
@@ -82,8 +87,25 @@ def projection_matrix(model, tower: str) -> np.ndarray | None:
 
 
 @contextlib.contextmanager
-def _without_projection(model, tower: str):
-    """Temporarily remove the final projection of ``tower`` so encoding returns pre-projection features."""
+def without_projection(model, tower: str):
+    """Context manager: inside it, ``model``'s final projection of ``tower`` is removed, so
+    ``encode_image`` / ``encode_text`` return pre-projection features.
+
+    ``tower`` is ``"image"`` or ``"text"`` (anything else: ValueError). A projection stored as a
+    matrix (open_clip's ``(d, e)`` ``proj`` / ``text_projection`` parameters) is set to ``None``,
+    one stored as an ``nn.Linear`` is replaced by ``nn.Identity``; the encoder then returns
+    ``(n, d)`` features in the model's own dtype and device, with d the width the projection read
+    (d_img or d_txt, not counting a bias feature). The original module or parameter is put back on
+    exit, also when the body raises; the model is otherwise untouched (no copy, gradients flow
+    as usual if the caller enables them).
+
+    Yields ``bias`` (bool): True when the removed projection is an ``nn.Linear`` with a bias; the
+    caller then appends a constant-1 feature (:func:`append_bias_feature`) so that
+    ``features @ W.T`` with ``W = projection_matrix(model, tower)`` (bias as last column) equals
+    the projected embedding exactly. False otherwise, including a tower with no plain linear
+    final projection: then nothing is removed and the encoder's output is the final embedding
+    (``projection_matrix`` is None, W = I).
+    """
     slot = _projection_slot(model, tower)
     if slot is None:
         yield False
@@ -100,7 +122,14 @@ def _without_projection(model, tower: str):
         setattr(owner, attr, saved)
 
 
-def _append_one(x: torch.Tensor, bias: bool) -> torch.Tensor:
+def append_bias_feature(x: torch.Tensor, bias: bool) -> torch.Tensor:
+    """``x`` (n, d) with a constant-1 column appended, (n, d + 1), when ``bias`` is True; ``x``
+    itself (the same tensor, not a copy) when False.
+
+    The appended column has ``x``'s dtype and device, so the result keeps ``x``'s dtype (and its
+    autograd graph). With ``bias`` from :func:`without_projection`, ``append_bias_feature(x, bias)
+    @ W.T`` is the projected embedding, W = :func:`projection_matrix` (bias in its last column).
+    """
     return torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype, device=x.device)], dim=1) if bias else x
 
 
@@ -123,10 +152,10 @@ def image_features(model, images: np.ndarray, batch_size: int = 256, progress: b
     cfg = getattr(model.visual, "preprocess_cfg", {})
     dev = _device(model)
     out = []
-    with _without_projection(model, "image") as bias:
+    with without_projection(model, "image") as bias:
         for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress):
             x = model.encode_image(image_tensor(images[i : i + batch_size], cfg).to(dev))
-            out.append(_append_one(x.float(), bias).cpu())
+            out.append(append_bias_feature(x.float(), bias).cpu())
     return torch.cat(out).numpy().astype(np.float32) if out else np.zeros((0, 0), np.float32)
 
 
@@ -138,10 +167,10 @@ def text_features(model, tokenizer, texts: list[str], batch_size: int = 256, pro
     uniq, inverse = np.unique(np.asarray(texts, dtype=str), return_inverse=True)
     dev = _device(model)
     out = []
-    with _without_projection(model, "text") as bias:
+    with without_projection(model, "text") as bias:
         for i in tqdm(range(0, len(uniq), batch_size), desc=desc, disable=not progress):
             y = model.encode_text(tokenizer(list(uniq[i : i + batch_size])).to(dev))
-            out.append(_append_one(y.float(), bias).cpu())
+            out.append(append_bias_feature(y.float(), bias).cpu())
     feats = torch.cat(out).numpy().astype(np.float32)
     return feats[inverse]
 

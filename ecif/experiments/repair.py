@@ -186,12 +186,12 @@ def edited_weight(lin: nn.Linear, weight: torch.Tensor):
 def text_features_grad(model, tokenizer, captions) -> torch.Tensor:
     """Pre-projection text features ``(B, d_txt)`` (float64, differentiable), as
     :func:`ecif.data.features.text_features` computes them (the final projection removed)."""
-    from ecif.data.features import _append_one, _without_projection  # one definition of "pre-projection"
+    from ecif.data.features import append_bias_feature, without_projection  # one definition of "pre-projection"
 
     ids = _tokens(model, tokenizer, captions)
-    with _without_projection(model, "text") as bias:
+    with without_projection(model, "text") as bias:
         y = model.encode_text(ids)
-    return _append_one(y, bias).to(DTYPE)
+    return append_bias_feature(y, bias).to(DTYPE)
 
 
 # ------------------------------------------------------------------ the case and the caption sets

@@ -7,8 +7,8 @@ import torch.nn as nn
 
 from ecif.data import encoders as E
 from ecif.data.embedded import digits
-from ecif.data.features import (extract_features, image_features, load_features, projection_matrix, save_features,
-                           text_features)
+from ecif.data.features import (append_bias_feature, extract_features, image_features, load_features,
+                                projection_matrix, save_features, text_features, without_projection)
 from ecif.data.noise import inject
 
 open_clip = E.open_clip_module()  # open_clip with the offline environment set first
@@ -77,3 +77,35 @@ def test_extract_save_load(tiny, ds, tmp_path):
     changed = np.any(back["y_train"] != back["y_train_clean"], axis=1)
     np.testing.assert_array_equal(changed, noise.mask)
     assert back["meta"]["captions"]["train"] == noise.captions
+
+
+def test_without_projection_yields_bias_and_restores(ds):
+    """Inside: the text tower returns (n, 384) pre-projection features and the Linear's bias is
+    reported; after (also after an error) the projection is back; a bad tower is a ValueError."""
+    model, tok = E.create_default(E.default_config(8, **TINY), seed=2)
+    linear = nn.Linear(384, 16, bias=True)
+    model.text.proj = linear
+    captions = ds["test"].captions[:2]
+    with torch.no_grad(), without_projection(model, "text") as bias:
+        y = model.encode_text(tok(captions))
+        assert isinstance(model.text.proj, nn.Identity)
+    assert bias is True and y.shape == (2, 384) and model.text.proj is linear
+    with torch.no_grad():
+        ref = model.encode_text(tok(captions))
+    W = torch.as_tensor(projection_matrix(model, "text"))
+    torch.testing.assert_close(append_bias_feature(y, bias) @ W.T, ref, atol=1e-5, rtol=1e-4)
+    proj = model.visual.proj
+    with pytest.raises(RuntimeError, match="boom"), without_projection(model, "image") as bias:
+        assert bias is False and model.visual.proj is None
+        raise RuntimeError("boom")
+    assert model.visual.proj is proj
+    with pytest.raises(ValueError, match="tower must be one of"), without_projection(model, "audio"):
+        pass
+
+
+def test_append_bias_feature_shape_and_dtype():
+    x = torch.arange(6, dtype=torch.float64).reshape(3, 2)
+    assert append_bias_feature(x, False) is x
+    out = append_bias_feature(x, True)
+    assert out.shape == (3, 3) and out.dtype == torch.float64
+    torch.testing.assert_close(out, torch.tensor([[0.0, 1, 1], [2, 3, 1], [4, 5, 1]], dtype=torch.float64))
