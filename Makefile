@@ -71,9 +71,13 @@ class: pull
 	@echo "[class] reports: reports/01_inject.html .. reports/05_detect.html; back to the defaults:" \
 	     "git checkout params.yaml && make repro"
 
+# One line per test file with the seconds it took (console_output_style=times), and the 15
+# longest tests at the end (--durations=15): which parts of a long run are slow.
+PYTEST_REPORT := --durations=15 -o console_output_style=times
+
 test: setup
-	@echo "[test] $(VENV)/bin/python -m pytest -q --durations=15 $(PYTEST_ARGS)"
-	@rc=0; $(VENV)/bin/python -m pytest -q --durations=15 $(PYTEST_ARGS) || rc=$$?; \
+	@echo "[test] $(VENV)/bin/python -m pytest $(PYTEST_REPORT) $(PYTEST_ARGS)"
+	@rc=0; $(VENV)/bin/python -m pytest $(PYTEST_REPORT) $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "[test] error: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 
