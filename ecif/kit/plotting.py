@@ -32,6 +32,7 @@ METHOD_COLOURS = {
     "kronfluence_identity": "#9c9ede",
     "dattri_cg": "#637939",
     "dattri_explicit": "#b5cf6b",
+    "trak": "#e7ba52",               # gold: TRAK
 }
 
 #: The four influence variants (one solve): a view of :data:`METHOD_COLOURS`.

@@ -56,7 +56,13 @@ def test_dvc_plots_colour_each_method() -> None:
         if not isinstance(entry, dict):
             continue
         (name, props), = entry.items()
-        fields = [f for cols in props.get("y", {}).values() for f in cols]
+        columns = [([cols] if isinstance(cols, str) else cols) for cols in props.get("y", {}).values()]
+        fields = [f for cols in columns for f in cols]
+        if fields == ["method"]:  # a table with one row per method (a bar chart): the names are the rows
+            (path,) = props["y"]
+            fields = list(pd.read_csv(ROOT / path)["method"])
+            template = json.loads((ROOT / props["template"]).read_text())
+            assert template["encoding"]["color"]["field"] == "<DVC_METRIC_Y>", name
         if not set(fields) & set(METHODS):
             continue
         template = json.loads((ROOT / props["template"]).read_text())
@@ -70,7 +76,7 @@ def test_dvc_plots_colour_each_method() -> None:
         if props["template"].endswith("scatter.json"):  # prediction vs truth: identity line
             assert any(lay["mark"]["type"] == "rule" for lay in layers), name
         checked += 1
-    assert checked >= 3
+    assert checked >= 4
 
 
 def _labelled(fig) -> None:

@@ -8,7 +8,9 @@ differ by dash pattern or point shape):
 
 * ``methods_linear.json``: one line per method (precision@k, recall@k);
 * ``methods_scatter.json``: one point colour per influence variant, plus the identity line
-  ``y = x`` over the range of ``x`` (prediction against truth: on the line = exact).
+  ``y = x`` over the range of ``x`` (prediction against truth: on the line = exact);
+* ``methods_bar.json``: horizontal bars, one per row of a table whose y column names the method
+  (the peers' agreement with retraining), each bar in its method's colour.
 
 ``dvc.yaml`` names them in its ``plots:`` section; ``tests/kit/test_plots_template.py`` checks
 that the committed files equal what this script writes. Regenerate after changing the colours::
@@ -34,11 +36,14 @@ ZOOM = {"name": "grid", "select": "interval", "bind": "scales"}
 #: The methods each template knows (its legend): the detection methods, the influence variants.
 LINEAR_METHODS = list(DEFAULT_METHODS)
 SCATTER_METHODS = ["ecif", "newton", "positive", "negative"]
+#: The methods a bar chart may name: every method with a colour (the kit's variants and the peers).
+BAR_METHODS = list(METHOD_COLOURS)
 
 
-def _colour(methods) -> dict:
-    """Colour by the y column's name (DVC's long format: column ``field``), fixed per method."""
-    return {"field": "field", "type": "nominal", "title": "method",
+def _colour(methods, field: str = "field") -> dict:
+    """Colour by ``field``, fixed per method: by default the y column's name (DVC's long format:
+    column ``field``); for a bar chart, the y column itself, which holds the method names."""
+    return {"field": field, "type": "nominal", "title": "method",
             "scale": {"domain": list(methods), "range": [METHOD_COLOURS[m] for m in methods]}}
 
 
@@ -90,7 +95,24 @@ def scatter() -> dict:
     }
 
 
-TEMPLATES = {"methods_linear.json": linear, "methods_scatter.json": scatter}
+def bar() -> dict:
+    return {
+        "$schema": SCHEMA,
+        "data": {"values": "<DVC_METRIC_DATA>"},
+        "title": {"text": "<DVC_METRIC_TITLE>", "anchor": "middle"},
+        "width": 420,
+        "height": {"step": 22},
+        "mark": {"type": "bar", "tooltip": {"content": "data"}},
+        "encoding": {
+            "x": {"field": X, "type": "quantitative", "title": X_LABEL},
+            "y": {"field": Y, "type": "nominal", "title": Y_LABEL, "sort": "-x"},
+            "yOffset": {"field": "rev", "sort": []},
+            "color": {**_colour(BAR_METHODS, field=Y), "legend": None},  # the y axis names each bar
+        },
+    }
+
+
+TEMPLATES = {"methods_linear.json": linear, "methods_scatter.json": scatter, "methods_bar.json": bar}
 
 
 def render(name: str) -> str:
