@@ -26,12 +26,13 @@ METHOD_COLOURS = {
     "oracle": "#000000",         # black: the misaligned pairs themselves
     "none": "#bdbdbd",           # light grey: nothing removed
     "clean": "#98df8a",          # light green: fitted on the true captions
-    # the peers (ecif/experiments/peers.py): indigo shades for kronfluence, olive for dattri
+    # the peers (ecif/experiments/peers.py): indigo shades for kronfluence, olive for dattri, brown for TRAK
     "kronfluence_ekfac": "#393b79",
     "kronfluence_kfac": "#6b6ecf",
     "kronfluence_identity": "#9c9ede",
     "dattri_cg": "#637939",
     "dattri_explicit": "#b5cf6b",
+    "trak": "#8c6d31",
 }
 
 #: The four influence variants (one solve): a view of :data:`METHOD_COLOURS`.
