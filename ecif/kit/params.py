@@ -322,7 +322,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "batch_size": Int("training examples per kronfluence / TRAK batch", 64, ge=1),
         "track_logit_scale": Flag("kronfluence tracks the logit scale (as a 1 -> 1 linear map)", True,
                                   hint="false: only the four LoRA factors, as kronfluence sees a bare logit_scale"),
-        "trak_proj_dim": Int("TRAK's projection dimension (its default 2048; k >= P keeps the whole gradient)", 2048, ge=1),
+        "trak_proj_dim": Int("TRAK's projection dimension (its default; k >= P keeps the whole gradient)", 2048, ge=1),
         "trak_checkpoints": Int("TRAK's checkpoints: 1 = theta_hat, more = refits on random halves", 1, ge=1),
     },
     "detection_grid": {
