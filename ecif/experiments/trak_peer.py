@@ -73,7 +73,8 @@ a Hessian): only scale-free comparisons (Pearson, Spearman, AUROC) are meaningfu
   the fitted ``theta_hat`` alone, the default: on the test problem (60 pairs, batches of 16)
   some halves are separable, their refits run the logit scale away and stop only at the
   iteration limit, and 10 checkpoints took 345 s against 2.6 s for one; the ensemble is
-  not cheap in general, so it is an option (``peers.trak_checkpoints``), not the default.
+  not cheap in general (on the digits fit each half refit converges but takes about 40 s), so
+  it is an option (``peers.trak_checkpoints``), not the default.
 - Precision: TRAK offers float16 or float32; float32 (``use_half_precision=False``). Its inverse
   is float32 as well, so agreement with a float64 reference is to about 1e-4.
 """
