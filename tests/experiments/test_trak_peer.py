@@ -58,8 +58,8 @@ def test_the_target_output_is_minus_the_validation_loss() -> None:
     module = peers.HeadsModule(obj.param, theta)
     q = peers.query_example(val)
     out = trak_peer.example_outputs(module, q.x, q.y, q.keep, torch.zeros_like(q.weight), q.weight)
-    print("target output", float(out), "-L_val", -float(val.loss(theta)))
-    assert float(out) == pytest.approx(-float(val.loss(theta)), rel=1e-12)
+    print("target output", float(out.detach()), "-L_val", -float(val.loss(theta).detach()))
+    assert float(out.detach()) == pytest.approx(-float(val.loss(theta).detach()), rel=1e-12)
 
 
 def test_one_checkpoint_is_the_closed_form_with_the_kits_sign() -> None:
