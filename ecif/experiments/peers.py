@@ -1,4 +1,4 @@
-"""Established influence libraries on the kit's problem: adapters for kronfluence and dattri.
+"""Established influence libraries on the kit's problem: adapters for kronfluence, dattri and TRAK.
 
 One job: hand the fitted LoRA-heads problem (:mod:`ecif.core.heads`, :mod:`ecif.core.objective`)
 to a third-party influence library the way a practitioner would, and return its scores in the
@@ -46,8 +46,14 @@ returns ``raw / n``: for ``dattri_explicit`` this equals the kit's ``positive`` 
 (``P = H``), for ``kronfluence_identity`` it is ``(1/n) g_val^T g_k`` (over the LoRA factors
 only when ``track_logit_scale=False``).
 
-Install: ``pip install -e '.[peers]' -c requirements.lock`` (kronfluence, dattri). Only this
-module imports them, lazily; :func:`available` tells whether a peer can run.
+TRAK (``traker``, peer ``trak``) is not an influence function: its scores come from
+:mod:`ecif.experiments.trak_peer` (its CLIP model output on the fixed batches, one checkpoint or an
+ensemble of refits on random halves), have the kit's sign but **not** its scale (``scores = raw``, not in
+loss units): compare them only scale-free (Pearson, Spearman, AUROC).
+
+Install: ``pip install -e '.[peers]' -c requirements.lock`` (kronfluence, dattri, traker). Only
+this module (and :mod:`ecif.experiments.trak_peer`) imports them, lazily; :func:`available`
+tells whether a peer can run.
 """
 
 from __future__ import annotations
@@ -75,11 +81,11 @@ __all__ = ["PEERS", "PEER_LIBRARY", "INSTALL_HINT", "PeerResult", "PeerUnavailab
            "available", "train_examples", "query_example", "example_losses", "peer_scores", "agreement", "unsupported"]
 
 #: The peers, in the order the kit reports them.
-PEERS = ("kronfluence_ekfac", "kronfluence_kfac", "kronfluence_identity", "dattri_cg", "dattri_explicit")
-#: Which library (import name) each peer needs.
+PEERS = ("kronfluence_ekfac", "kronfluence_kfac", "kronfluence_identity", "dattri_cg", "dattri_explicit", "trak")
+#: Which library (import name) each peer needs (``trak``: the ``traker`` package).
 PEER_LIBRARY = {name: name.split("_", 1)[0] for name in PEERS}
 #: How to make the peers importable.
-INSTALL_HINT = "pip install -e '.[peers]' -c requirements.lock  (kronfluence and dattri)"
+INSTALL_HINT = "pip install -e '.[peers]' -c requirements.lock  (kronfluence, dattri and traker)"
 _KRONFLUENCE_STRATEGY = {"kronfluence_ekfac": "ekfac", "kronfluence_kfac": "kfac", "kronfluence_identity": "identity"}
 
 
@@ -365,8 +371,9 @@ class _Functional:
 @dataclass
 class PeerResult:
     """A peer's scores of every training pair in the kit's convention (``scores = raw / n``,
-    negative = harmful), the library's raw output, and the wall time of the whole call
-    (factors or solve included)."""
+    negative = harmful; ``trak``: ``scores = raw``, the kit's sign, not its scale), the
+    library's raw output, and the wall time of the whole call (factors, solve or TRAK's
+    checkpoint refits included)."""
 
     name: str
     scores: np.ndarray
@@ -376,18 +383,24 @@ class PeerResult:
 
 def peer_scores(name: str, objective: ContrastiveObjective, val_objective: ContrastiveObjective,
                 theta_hat: torch.Tensor, *, damping: float | None = None, seed: int = 0, cg_max_iter: int = 50,
-                cg_tol: float = 1e-10, batch_size: int = 64, track_logit_scale: bool = True) -> PeerResult:
+                cg_tol: float = 1e-10, batch_size: int = 64, track_logit_scale: bool = True, proj_dim: int = 2048,
+                checkpoints: int = 1) -> PeerResult:
     """Influence of every training pair on ``L_val`` by peer ``name`` (:data:`PEERS`), at
-    ``theta_hat``, in the kit's sign and scale (module docstring).
+    ``theta_hat``, in the kit's sign and scale (module docstring; ``trak``: the kit's sign only).
 
     ``damping``: the ``lam * I`` added to the library's curvature; ``None`` = ``objective.lam``
     (the exact Hessian of the L2 pull, as the kit's own influence uses). ``seed``: kronfluence's
     true-Fisher samples. ``cg_max_iter``, ``cg_tol``: dattri's CG. ``batch_size``: examples per
     kronfluence batch (dattri takes all pairs in one batch; its CG has no tolerance stop, so
-    ``cg_tol`` is passed but every solve runs ``cg_max_iter`` iterations). ``track_logit_scale``:
-    whether kronfluence tracks the logit scale's 1 -> 1 linear map (``False``: only the four LoRA
-    factors, as kronfluence sees a CLIP whose ``logit_scale`` is a bare ``nn.Parameter``);
-    dattri always differentiates every parameter. Runs on the CPU in float64.
+    ``cg_tol`` is passed but every solve runs ``cg_max_iter`` iterations; ``trak`` featurises
+    ``batch_size`` examples at a time). ``track_logit_scale``: whether kronfluence tracks the
+    logit scale's 1 -> 1 linear map (``False``: only the four LoRA factors, as kronfluence sees a
+    CLIP whose ``logit_scale`` is a bare ``nn.Parameter``), for ``trak`` whether its margins use
+    the logits ``exp(t) cos`` (``False``: plain cosines, as TRAK's CLIP output); dattri always
+    differentiates every parameter. ``proj_dim``, ``checkpoints``: TRAK's projection dimension
+    and number of checkpoints (refits on random halves, seeded by ``seed``; 1 = ``theta_hat``
+    alone); ``damping`` enters TRAK as ``lambda_reg = n damping proj_dim / P``
+    (:mod:`ecif.experiments.trak_peer`). Runs on the CPU in float64 (TRAK: float32).
     Raises :class:`PeerUnavailable` when the library is missing."""
     _check_name(name)
     _require(name)
@@ -402,16 +415,25 @@ def peer_scores(name: str, objective: ContrastiveObjective, val_objective: Contr
         raise ValueError(f"damping must be a finite number >= 0, got {damping}.")
     if batch_size < 1 or cg_max_iter < 1:
         raise ValueError(f"batch_size and cg_max_iter must be >= 1, got {batch_size} and {cg_max_iter}.")
+    if proj_dim < 1 or checkpoints < 1:
+        raise ValueError(f"proj_dim and checkpoints (TRAK) must be >= 1, got {proj_dim} and {checkpoints}.")
     start = time.perf_counter()
     with warnings.catch_warnings():  # the libraries' deprecation notices about torch APIs, not about this use
         warnings.simplefilter("ignore", FutureWarning)
-        raw = _run(name, objective, val_objective, theta_hat, damping, seed, cg_max_iter, cg_tol, batch_size,
-                   track_logit_scale)
+        if name == "trak":
+            from ecif.experiments.trak_peer import trak_raw
+
+            raw = trak_raw(objective, val_objective, objective.param.check_theta(theta_hat).detach(),
+                           damping=damping, proj_dim=proj_dim, checkpoints=checkpoints, seed=seed,
+                           batch_size=batch_size, track_logit_scale=track_logit_scale)
+        else:
+            raw = _run(name, objective, val_objective, theta_hat, damping, seed, cg_max_iter, cg_tol, batch_size,
+                       track_logit_scale)
     seconds = time.perf_counter() - start
     if raw.shape != (objective.n,) or not np.isfinite(raw).all():
         raise RuntimeError(f"peer {name} returned {raw.shape} scores (finite: {bool(np.isfinite(raw).all())}); "
                            f"expected {objective.n} finite values.")
-    return PeerResult(name, raw / objective.n, raw, seconds)
+    return PeerResult(name, raw if name == "trak" else raw / objective.n, raw, seconds)
 
 
 def _run(name, objective, val_objective, theta_hat, damping, seed, cg_max_iter, cg_tol, batch_size,

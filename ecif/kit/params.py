@@ -50,7 +50,7 @@ COMPOSITIONAL_DATASETS = ("shapes",)  # captions built from several attributes: 
 NOISE_KINDS = ("shuffle", "label_flip", "attribute_swap")
 GRID_KINDS = NOISE_KINDS + ("systematic_swap",)  # systematic_swap = attribute_swap, the same swap everywhere
 #: The peers of stage peers (ecif.experiments.peers.PEERS; this module imports no torch).
-PEER_NAMES = ("kronfluence_ekfac", "kronfluence_kfac", "kronfluence_identity", "dattri_cg", "dattri_explicit")
+PEER_NAMES = ("kronfluence_ekfac", "kronfluence_kfac", "kronfluence_identity", "dattri_cg", "dattri_explicit", "trak")
 FIT_METHODS = ("newton", "newton-cg", "auto")
 DEVICES = ("cpu", "cuda")
 VISUAL_SHIFTS = ("blur", "noise", "dropout")  # ecif.data.shifts.VISUAL
@@ -319,9 +319,11 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "methods": ListOf("established influence libraries scored on the LOO ground truth (ecif/experiments/peers.py)",
                           Choice("peer", PEER_NAMES), ["kronfluence_ekfac", "dattri_cg"], unique=True),
         "cg_max_iter": Int("conjugate-gradient iterations of dattri_cg", 50, ge=1),
-        "batch_size": Int("training examples per kronfluence batch", 64, ge=1),
+        "batch_size": Int("training examples per kronfluence / TRAK batch", 64, ge=1),
         "track_logit_scale": Flag("kronfluence tracks the logit scale (as a 1 -> 1 linear map)", True,
                                   hint="false: only the four LoRA factors, as kronfluence sees a bare logit_scale"),
+        "trak_proj_dim": Int("TRAK's projection dimension (its default; k >= P keeps the whole gradient)", 2048, ge=1),
+        "trak_checkpoints": Int("TRAK's checkpoints: 1 = theta_hat, more = refits on random halves", 1, ge=1),
     },
     "detection_grid": {
         "kinds": ListOf("misalignment kinds of the sweep", Choice("kind", GRID_KINDS), ["shuffle"], unique=True),

@@ -26,7 +26,7 @@ METHOD_COLOURS = {
     "oracle": "#000000",         # black: the misaligned pairs themselves
     "none": "#bdbdbd",           # light grey: nothing removed
     "clean": "#98df8a",          # light green: fitted on the true captions
-    # the peers (ecif/experiments/peers.py): indigo shades for kronfluence, olive for dattri
+    # the peers (ecif/experiments/peers.py): indigo shades for kronfluence, olive for dattri, brown for TRAK
     "kronfluence_ekfac": "#393b79",
     "kronfluence_kfac": "#6b6ecf",
     "kronfluence_identity": "#9c9ede",

@@ -90,7 +90,7 @@ def test_kronfluence_curvature_strategies_track_the_positive_variant(name: str) 
 def test_bad_inputs_are_refused_with_the_fix(monkeypatch) -> None:
     obj, val, theta, _, _ = lora_problem()
     with pytest.raises(ValueError, match="unknown peer"):
-        peers.peer_scores("trak", obj, val, theta)
+        peers.peer_scores("captum", obj, val, theta)
     with pytest.raises(ValueError, match="lam=0"):
         peers.peer_scores("dattri_cg", obj, val.with_lam(0.1), theta)
     with pytest.raises(ValueError, match="removed pairs"):

@@ -28,7 +28,7 @@ TINY = {
     "encoder": {"epochs": 2},
     "finetune": {"n_train": 120, "batch_size": 32},
     "loo": {"n_pairs": 8, "n_misaligned": 3},
-    "peers": {"methods": ["kronfluence_ekfac", "kronfluence_identity", "dattri_cg"], "cg_max_iter": 20},
+    "peers": {"methods": ["kronfluence_ekfac", "kronfluence_identity", "dattri_cg", "trak"], "cg_max_iter": 20},
     "detection_grid": {"kinds": ["systematic_swap"], "rates": [0.2], "seeds": [0, 1]},
     "ablation": {"dampings": [0.0, 0.1], "lams": [0.1, 0.3], "batch_sizes": [32, None], "n_pairs": 4,
                  "n_misaligned": 2},
