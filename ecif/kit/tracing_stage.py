@@ -17,7 +17,7 @@ from ecif.data.noise import inject
 from ecif.experiments.block_merge import merge_block_lora
 from ecif.kit.problem import FitSettings, fit_corrupted
 
-__all__ = ["TRACING_SETTINGS", "block_swap_models", "traced_block_fits"]
+__all__ = ["TRACING_SETTINGS", "block_study", "block_swap_models", "traced_block_fits"]
 
 #: Small block-mode fits: one adapted block per tower, LoRA on q and v, lam 0.3 (docs/math.md §14).
 TRACING_SETTINGS = FitSettings(mode="blocks", blocks=1, targets=("qv",), lam=0.3, n_train=60, batch_size=30)
@@ -52,23 +52,52 @@ def block_swap_models(dataset: str, data_root, encoder_dir, *, attribute: str = 
 def traced_block_fits(dataset: str, data_root, encoder_dir, *, attribute: str = "color", rate: float = 0.3,
                       noise_seed: int = 0, settings: FitSettings = TRACING_SETTINGS, n_examples: int = 32,
                       window: int = 3, towers=("text", "image"), split: str = "test", base: bool = True,
-                      device: str = "cpu") -> dict:
+                      encoder: str = "embedded", device: str = "cpu") -> dict:
     """:func:`block_swap_models`, then :func:`ecif.experiments.tracing_study.tracing_study` of the
     two fits (and of the frozen encoder, ``"base"``, when ``base``) on ``n_examples`` same-slot
-    corruptions of ``attribute`` in ``split``. Returns the study's tables plus ``"rules"``,
-    ``"fits"``, ``"fit_seconds"`` and ``"trace_seconds"``."""
+    corruptions of ``attribute`` in ``split``. Returns the study's tables plus ``"models"`` (the
+    traced open_clip models by name), ``"tokenizer"``, ``"rules"``, ``"fits"``, ``"fit_seconds"``
+    and ``"trace_seconds"``."""
     from ecif.experiments.tracing_study import tracing_study
 
     fitted = block_swap_models(dataset, data_root, encoder_dir, attribute=attribute, rate=rate, noise_seed=noise_seed,
-                               settings=settings, device=device)
+                               settings=settings, encoder=encoder, device=device)
     models = dict(fitted["models"])
     if base:
-        models = {"base": load_encoder("embedded", encoder_dir, device=device)[0], **models}
+        models = {"base": load_encoder(encoder, encoder_dir, device=device)[0], **models}
     t0 = time.perf_counter()
     out = tracing_study(models, fitted["tokenizer"], load_dataset(dataset, root=data_root)[split], attribute=attribute,
                         n_examples=n_examples, window=window, towers=towers)
-    out.update(rules=fitted["rules"], fits=fitted["fits"], fit_seconds=fitted["seconds"],
-               trace_seconds=time.perf_counter() - t0)
+    out.update(models=models, tokenizer=fitted["tokenizer"], rules=fitted["rules"], fits=fitted["fits"],
+               fit_seconds=fitted["seconds"], trace_seconds=time.perf_counter() - t0)
+    return out
+
+
+def block_study(dataset: str, data_root, encoder_dir, *, attribute: str = "color", rate: float = 0.3,
+                noise_seed: int = 0, settings: FitSettings = TRACING_SETTINGS, n_examples: int = 16, window: int = 3,
+                split: str = "test", encoder: str = "embedded", device: str = "cpu") -> dict:
+    """Where the misalignment lives: :func:`traced_block_fits` (``base``, ``clean``, ``swap``),
+    then the per-layer contrast of the traces, swap minus clean
+    (:func:`ecif.experiments.trace_contrast.layer_contrast`, single-layer restorations), and the
+    image -> caption retrieval of every swap rule by the three models
+    (:func:`ecif.experiments.trace_contrast.swap_retrieval`, ``n_examples`` images per rule).
+
+    Returns :func:`traced_block_fits`' dict plus ``"contrast"``, ``"retrieval"``, ``"attribute"``,
+    ``"rate"`` and ``"adapted"``: ``{tower: [layers the fine-tune could change]}`` (the last
+    ``settings.blocks`` of each tower; the projections are adapted too)."""
+    from ecif.experiments.trace_contrast import layer_contrast, swap_retrieval
+
+    out = traced_block_fits(dataset, data_root, encoder_dir, attribute=attribute, rate=rate, noise_seed=noise_seed,
+                            settings=settings, n_examples=n_examples, window=window, split=split, base=True,
+                            encoder=encoder, device=device)
+    t0 = time.perf_counter()
+    out["contrast"] = layer_contrast(out, reference="clean", other="swap")
+    out["retrieval"] = swap_retrieval(out["models"], out["tokenizer"], load_dataset(dataset, root=data_root)[split],
+                                      out["rules"], n_examples=n_examples)
+    out["trace_seconds"] += time.perf_counter() - t0
+    n_layers = {tower: tr.info["n_layers"] for (_, tower), tr in out["traces"].items()}
+    out.update(attribute=attribute, rate=float(rate),
+               adapted={t: list(range(n - settings.blocks, n)) for t, n in n_layers.items()})
     return out
 
 
