@@ -392,6 +392,7 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "block_attribute": Choice("attribute swapped systematically in the block fits, and traced",
                                   ("shape", "color", "size", "position")),
         "block_rate": Num("share of train captions swapped in the block fits", 0.3, gt=0, lt=1),
+        "block_n_train": Int("train pairs of each block fit (the first ones; each fit's cost grows with it)", 30, ge=4),
     },
     "hard_negatives": {
         "dataset": Choice("data set of the hard-negative batching study", COMPOSITIONAL_DATASETS),

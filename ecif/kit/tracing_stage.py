@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from ecif.data.datasets import load_dataset
@@ -19,8 +20,9 @@ from ecif.kit.problem import FitSettings, fit_corrupted
 
 __all__ = ["TRACING_SETTINGS", "block_study", "block_swap_models", "traced_block_fits"]
 
-#: Small block-mode fits: one adapted block per tower, LoRA on q and v, lam 0.3 (docs/math.md §14).
-TRACING_SETTINGS = FitSettings(mode="blocks", blocks=1, targets=("qv",), lam=0.3, n_train=60, batch_size=30)
+#: Small block-mode fits: one adapted block per tower, LoRA on q and v, lam 0.3 (docs/math.md §14),
+#: the first 30 train pairs (``tracing.block_n_train``) in one batch of 30.
+TRACING_SETTINGS = FitSettings(mode="blocks", blocks=1, targets=("qv",), lam=0.3, n_train=30, batch_size=30)
 
 
 def block_swap_models(dataset: str, data_root, encoder_dir, *, attribute: str = "color", rate: float = 0.3,
@@ -75,7 +77,8 @@ def traced_block_fits(dataset: str, data_root, encoder_dir, *, attribute: str = 
 
 def block_study(dataset: str, data_root, encoder_dir, *, attribute: str = "color", rate: float = 0.3,
                 noise_seed: int = 0, settings: FitSettings = TRACING_SETTINGS, n_examples: int = 16, window: int = 3,
-                split: str = "test", encoder: str = "embedded", device: str = "cpu") -> dict:
+                split: str = "test", n_train: int | None = None, encoder: str = "embedded",
+                device: str = "cpu") -> dict:
     """Where the misalignment lives: :func:`traced_block_fits` (``base``, ``clean``, ``swap``),
     then the per-layer contrast of the traces, swap minus clean
     (:func:`ecif.experiments.trace_contrast.layer_contrast`, single-layer restorations), and the
@@ -84,8 +87,12 @@ def block_study(dataset: str, data_root, encoder_dir, *, attribute: str = "color
 
     Returns :func:`traced_block_fits`' dict plus ``"contrast"``, ``"retrieval"``, ``"attribute"``,
     ``"rate"`` and ``"adapted"``: ``{tower: [layers the fine-tune could change]}`` (the last
-    ``settings.blocks`` of each tower; the projections are adapted too)."""
+    ``settings.blocks`` of each tower; the projections are adapted too). ``n_train`` (when
+    given) replaces ``settings.n_train``."""
     from ecif.experiments.trace_contrast import layer_contrast, swap_retrieval
+
+    if n_train is not None:
+        settings = replace(settings, n_train=int(n_train))
 
     out = traced_block_fits(dataset, data_root, encoder_dir, attribute=attribute, rate=rate, noise_seed=noise_seed,
                             settings=settings, n_examples=n_examples, window=window, split=split, base=True,
@@ -102,7 +109,7 @@ def block_study(dataset: str, data_root, encoder_dir, *, attribute: str = "color
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m ecif.kit.tracing_stage [--n-examples N] [--attribute A] [--rate R] [--out DIR]``:
+    """``python -m ecif.kit.tracing_stage [--n-examples N] [--attribute A] [--rate R] [--n-train N] [--out DIR]``:
     fit, merge and trace (:func:`traced_block_fits`) on the shapes data with the shapes encoder,
     print the per-layer summary and, with ``--out``, write the tables as CSV."""
     import argparse
@@ -114,10 +121,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rate", type=float, default=0.3)
     ap.add_argument("--n-examples", type=int, default=16)
     ap.add_argument("--window", type=int, default=3)
+    ap.add_argument("--n-train", type=int, default=TRACING_SETTINGS.n_train)
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     out = traced_block_fits("shapes", a.data_root, a.encoder_dir, attribute=a.attribute, rate=a.rate,
-                            n_examples=a.n_examples, window=a.window, base=True)
+                            settings=replace(TRACING_SETTINGS, n_train=a.n_train), n_examples=a.n_examples,
+                            window=a.window, base=True)
     print(f"swap rules {out['rules']}; fits {out['fit_seconds']:.0f} s, traces {out['trace_seconds']:.0f} s")
     print(out["examples"].to_string())
     print(out["layers"].round(3).to_string())
