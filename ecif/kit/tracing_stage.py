@@ -76,12 +76,13 @@ def traced_block_fits(dataset: str, data_root, encoder_dir, *, attribute: str = 
 
 
 def block_study(dataset: str, data_root, encoder_dir, *, attribute: str = "color", rate: float = 0.3,
-                noise_seed: int = 0, settings: FitSettings = TRACING_SETTINGS, n_examples: int = 16, window: int = 3,
+                noise_seed: int = 0, settings: FitSettings = TRACING_SETTINGS, n_examples: int = 16,
                 split: str = "test", n_train: int | None = None, encoder: str = "embedded",
                 device: str = "cpu") -> dict:
     """Where the misalignment lives: :func:`traced_block_fits` (``base``, ``clean``, ``swap``),
     then the per-layer contrast of the traces, swap minus clean
-    (:func:`ecif.experiments.trace_contrast.layer_contrast`, single-layer restorations), and the
+    (:func:`ecif.experiments.trace_contrast.layer_contrast`, single-layer restorations: no window
+    traces are run), and the
     image -> caption retrieval of every swap rule by the three models
     (:func:`ecif.experiments.trace_contrast.swap_retrieval`, ``n_examples`` images per rule).
 
@@ -95,7 +96,7 @@ def block_study(dataset: str, data_root, encoder_dir, *, attribute: str = "color
         settings = replace(settings, n_train=int(n_train))
 
     out = traced_block_fits(dataset, data_root, encoder_dir, attribute=attribute, rate=rate, noise_seed=noise_seed,
-                            settings=settings, n_examples=n_examples, window=window, split=split, base=True,
+                            settings=settings, n_examples=n_examples, window=1, split=split, base=True,
                             encoder=encoder, device=device)
     t0 = time.perf_counter()
     out["contrast"] = layer_contrast(out, reference="clean", other="swap")
