@@ -91,8 +91,8 @@ def swap_retrieval(models: dict, tokenizer, split, rules, n_examples: int = 32, 
     for attribute, source, target in rules:
         ex = shapes_swap_examples(split, attribute, n_examples, seed=seed, swap={source: target})
         n, k = ex.images.shape[:2]
-        true_i = torch.as_tensor(ex.target)
-        wrong_i = torch.as_tensor(ex.wrong)
+        true_i = torch.as_tensor(ex.target, device="cpu")
+        wrong_i = torch.as_tensor(ex.wrong, device="cpu")
         for name, model in models.items():
             dev = next(model.parameters()).device
             cfg = getattr(model.visual, "preprocess_cfg", {})
