@@ -83,7 +83,8 @@ def _newton_direction_cg(objective, theta, g, gnorm, reg, preconditioner=None):
         d = solver.solve(-g)
     if float(d @ g) >= 0 or float(d.norm()) == 0.0:
         d = -g
-    return d, solver.report.get("iterations", 0)
+    # the solve's own count: a solve stopped by negative curvature records its iterations only there
+    return d, int(solver.report["solves"][-1]["iterations"]) if solver.report["solves"] else 0
 
 
 def _collapse_hint(objective, theta) -> str:

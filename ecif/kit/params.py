@@ -388,6 +388,13 @@ SCHEMA: dict[str, dict[str, Spec]] = {
         "steps": Int("gradient steps that find the edit's target value", 30, ge=1),
         "n_fix": Int("correctly captioned pairs of the finetune repair", 16, ge=2),
         "fraction": Num("share of train pairs removed by ecif_top_k", 0.1, gt=0, lt=1),
+        "block_fits": Flag("also fit block-mode adapters on clean and on swapped captions and trace both "
+                           "(where the misalignment lives; a few minutes)", True,
+                           hint="false skips the two block fits: the metrics then have no tracing.block group"),
+        "block_attribute": Choice("attribute swapped systematically in the block fits, and traced",
+                                  ("shape", "color", "size", "position")),
+        "block_rate": Num("share of train captions swapped in the block fits", 0.3, gt=0, lt=1),
+        "block_n_train": Int("train pairs of each block fit (the first ones; each fit's cost grows with it)", 30, ge=4),
     },
     "hard_negatives": {
         "dataset": Choice("data set of the hard-negative batching study", COMPOSITIONAL_DATASETS),

@@ -39,7 +39,9 @@ TINY = {
     "emi": {"levels": [3], "shift_seeds": [0], "n_boot": 50, "rates": [0.0, 0.2], "joint": [["noise", "typo"]],
             "noise_seeds": [0]},
     "hard_negatives": {"n_hard": 4, "n_pairs": 4, "n_misaligned": 2},
-    "tracing": {"n_examples": 4, "noise_seeds": [0], "lam": 0.1, "steps": 5, "n_fix": 4},
+    # block_fits false: two block-mode fits are minutes; trace_contrast and the report's block
+    # functions have their own fast tests (tests/experiments/test_trace_contrast.py, test_tracing_report.py)
+    "tracing": {"n_examples": 4, "noise_seeds": [0], "lam": 0.1, "steps": 5, "n_fix": 4, "block_fits": False},
 }
 
 

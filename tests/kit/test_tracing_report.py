@@ -79,3 +79,50 @@ def test_the_stage_runs_in_the_tiny_pipeline(smoke_run):
     assert 0 <= m["edit_layer"] < 6  # MiniLM's six layers
     table = pd.read_csv(smoke_run / "plots" / "repair.csv")
     assert set(table["noise_seed"]) == {0} and "seconds" not in set(table["metric"])
+
+
+def _block():
+    """A hand-made block study: base, clean, swap; the swap fit differs from the clean one at
+    text layer 5 (mlp) and image layer 1 (attn), the adapted layers."""
+    rows = []
+    for model in ("base", "clean", "swap"):
+        for tower, n_layers in (("text", 6), ("image", 2)):
+            for kind in ("attn", "mlp"):
+                for layer in range(n_layers):
+                    for token in range(3):
+                        nie = 0.1 * layer / n_layers
+                        if model == "swap" and (tower, kind, layer) in (("text", "mlp", 5), ("image", "attn", 1)):
+                            nie += 0.3 if tower == "text" else -0.6
+                        rows.append((model, tower, kind, "layer", layer, token, "x", nie))
+    tokens = pd.DataFrame(rows, columns=["model", "tower", "kind", "restore", "layer", "token", "role", "nie"])
+    from ecif.experiments.trace_contrast import layer_contrast
+
+    retrieval = pd.DataFrame([{"model": m, "attribute": "color", "source": "red", "target": "blue", "n": 5,
+                               "p_true": pt, "p_swapped": ps, "top_swapped": ts}
+                              for m, pt, ps, ts in (("base", 0.9, 0.02, 0.0), ("clean", 0.95, 0.01, 0.0),
+                                                    ("swap", 0.3, 0.6, 0.8))])
+    return {"tokens": tokens, "contrast": layer_contrast({"tokens": tokens}), "retrieval": retrieval,
+            "rules": [("color", "red", "blue")], "attribute": "color", "rate": 0.3,
+            "adapted": {"text": [5], "image": [1]}, "fits": {"clean": {"fit_grad_norm": 1e-10},
+                                                             "swap": {"fit_grad_norm": 2e-10}},
+            "fit_seconds": 12.5, "trace_seconds": 3.25}
+
+
+def test_block_metrics_findings_and_figure():
+    b = _block()
+    m = R.metrics({}, b)["tracing"]["block"]
+    assert m["text"]["mlp"]["diff_layer"] == 5 and m["text"]["mlp"]["diff"] == pytest.approx(0.3)
+    assert m["image"]["attn"]["diff_layer"] == 1 and m["image"]["attn"]["diff"] == pytest.approx(-0.6)
+    assert m["text"]["attn"]["diff_L3"] == 0.0 and m["text"]["adapted_layers"] == "5"
+    assert m["retrieval"]["swap"]["p_swapped"] == 0.6 and m["rules"] == "color: red -> blue"
+    assert R.metrics({}, None) == {"tracing": {}}
+    t = R.times(pd.Series({"edit": 1.234}), b)
+    assert t == {"edit_s": 1.23, "block_fits_s": 12.5, "block_traces_s": 3.25}
+    lines = R.block_findings(b)
+    assert "0.600" in lines[0] and "80%" in lines[0]
+    assert "text tower" in lines[1] and "layer 5" in lines[1] and "+0.300" in lines[1] and "adapted block" in lines[1]
+    assert "image tower" in lines[2] and "-0.600" in lines[2]
+    assert "switched off" in R.block_findings(None)[0]
+    fig = R.block_figure(b)
+    assert len(fig.axes) == 2 and fig.axes[0].get_title() == "text tower" and len(fig.axes[0].lines) == 6
+    assert "switched off" in R.block_figure(None).axes[0].texts[0].get_text()
