@@ -506,6 +506,19 @@ def _block_mode_cleaning_lam(params: dict) -> str | None:
     return None
 
 
+def _block_mode_ablation_lams(params: dict) -> str | None:
+    lams = _group(params, "ablation").get("lams")
+    if _group(params, "finetune").get("mode") != "blocks" or not isinstance(lams, list):
+        return None
+    low = [v for v in lams if _is_number(v) and v < BLOCK_MODE_MIN_LAM]
+    if low:
+        keep = [v for v in lams if v not in low] or [BLOCK_MODE_MIN_LAM, 1.0]
+        return (f"ablation.lams holds {low}, below {BLOCK_MODE_MIN_LAM}, the smallest L2 pull with which block-mode "
+                f"fits (finetune.mode: blocks) converge: each would run up to 200 Newton steps and score a "
+                f"non-optimum. Fix: ablation.lams: {keep} (values >= {BLOCK_MODE_MIN_LAM}), or finetune.mode: head.")
+    return None
+
+
 def _block_mode_centre_targets(f: dict) -> str | None:
     targets = f.get("targets") or []
     if isinstance(targets, list) and "attn" in targets and "qv" in targets:
@@ -520,6 +533,7 @@ def _block_mode_centre_targets(f: dict) -> str | None:
 CROSS_CHECKS = (
     _Cross(("finetune.mode", "finetune.targets", "finetune.centre", "finetune.lam"), _block_mode_settings),
     _Cross(("finetune.mode", "cleaning.setting", "cleaning.lam"), _block_mode_cleaning_lam),
+    _Cross(("finetune.mode", "ablation.lams"), _block_mode_ablation_lams),
     _Cross(("loo.n_pairs", "loo.n_misaligned"), _misaligned_within("loo")),
     _Cross(("ablation.n_pairs", "ablation.n_misaligned"), _misaligned_within("ablation")),
     _Cross(("noise.kind", "common.dataset"), _swap_needs_compositional),
