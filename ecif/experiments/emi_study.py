@@ -12,6 +12,11 @@ The mapping of the paper's quantities to a CLIP-style dual encoder (stated in ``
 * **Embeddings for the estimators** come from a frozen *reference embedder*: the reference
   encoder trained on the clean pretrain split, with its base projections ``W_img``, ``W_txt``
   (never the fine-tuned adapters of the model under test), rows L2-normalised.
+* **Block mode** (``finetune.mode: blocks``): the model under test has adapters inside the last
+  transformer blocks, so its embeddings are not a projection of the frozen pooled features; the
+  fitted adapters are merged into a copy of the backbone
+  (:func:`ecif.experiments.block_merge.merge_block_lora`) and that model encodes the set's raw
+  images and bank captions (:func:`response_model`).
 
 :class:`SetView` holds one encoded set; :func:`evaluate` gives a model's EMI on it;
 :func:`shift_scenario` the EMID and bound between the clean set and a shifted one;
@@ -29,13 +34,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ecif.core.blocks import BlockLoRA
 from ecif.data import shifts
 from ecif.data.pairs import Split
 from ecif.data.features import image_features, projection_matrix, text_features
 from ecif.experiments import emi as E
 
 __all__ = [
-    "Embedder", "SetView", "encode_set", "respond", "fit_reference_estimator", "evaluate", "shift_scenario", "scenario_grid",
+    "Embedder", "SetView", "encode_set", "respond", "response_model", "fit_reference_estimator", "evaluate", "shift_scenario", "scenario_grid",
     "run_shift_grid", "bootstrap_correlation", "correlation_table", "removal_sets", "removal_refits",
     "marginal_check", "relabelling_check",
 ]
@@ -106,7 +112,9 @@ class Embedder:
 class SetView:
     """One encoded set of ``n`` items: model inputs ``x_feat (n, d_img)``, ``bank_feat (n,
     d_txt)`` (the captions as read), reference embeddings ``z_v`` (images), ``z_t`` (bank
-    captions), ``z_y`` (clean captions), the clean captions and the items' attribute codes."""
+    captions), ``z_y`` (clean captions), the clean captions and the items' attribute codes;
+    ``images`` and ``bank`` are the raw inputs (uint8 images, bank captions) a block-mode model
+    under test encodes itself (:func:`response_model`; ``None`` in views built by hand)."""
 
     x_feat: np.ndarray
     bank_feat: np.ndarray
@@ -115,6 +123,8 @@ class SetView:
     z_y: np.ndarray
     clean: list[str]
     attributes: dict
+    images: np.ndarray | None = None
+    bank: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.clean)
@@ -128,18 +138,62 @@ def encode_set(embedder: Embedder, split: Split, clean: list[str] | None = None)
     bank = embedder.text_features(list(split.captions))
     y = embedder.text_features(clean)
     return SetView(x, bank, embedder.embed_images(split.images, x), embedder.embed_texts(bank), embedder.embed_texts(y),
-                   clean, {k: np.asarray(v) for k, v in split.attributes.items()})
+                   clean, {k: np.asarray(v) for k, v in split.attributes.items()}, images=np.asarray(split.images),
+                   bank=list(split.captions))
 
 
-def respond(param, theta: torch.Tensor, view: SetView, centring=None) -> np.ndarray:
-    """Index ``(n,)`` of the bank entry each image retrieves under the model ``(param, theta)``;
-    ``centring``: the ``(image mean, text mean)`` the model's frozen map subtracts from the
-    features (``Problem.centring``, docs/math.md §13), ``None`` for none."""
-    with torch.no_grad():
-        wi = param.image_projection(theta).detach().cpu().numpy()
-        wt = param.text_projection(theta).detach().cpu().numpy()
-    mu_img, mu_txt = centring if centring is not None else (0.0, 0.0)
-    u, w = _norm((view.x_feat - mu_img) @ wi.T), _norm((view.bank_feat - mu_txt) @ wt.T)
+def response_model(param, theta: torch.Tensor, embedder: Embedder | None = None, centring=None):
+    """The model under test ``(param, theta)`` as a function ``view -> (u, w)``: the
+    L2-normalised embeddings ``u (n, e)`` of the view's images and ``w (n, e)`` of its bank
+    captions, float64.
+
+    Head mode (:class:`~ecif.core.heads.LoRAHeads`): ``u = (x_feat - mu_img) W_img(theta)^T``,
+    ``w = (bank_feat - mu_txt) W_txt(theta)^T``; ``centring`` is the ``(mu_img, mu_txt)`` the
+    model's frozen map subtracts (``Problem.centring``, docs/math.md §13), ``None`` for none.
+    Block mode (:class:`~ecif.core.blocks.BlockLoRA`): ``theta`` is merged once into a copy of
+    ``embedder.model`` (:func:`ecif.experiments.block_merge.merge_block_lora`, the backbone the
+    block features were extracted from), whose pre-projection features of ``view.images`` and
+    ``view.bank`` times its merged final projections give ``u`` and ``w`` (what
+    ``BlockLoRA.encode_images``/``encode_texts`` compute on the block rows of the same inputs, to
+    float32 rounding). Raises ``ValueError`` when a block-mode model gets no ``embedder`` or
+    ``centring``, or a view without raw inputs."""
+    if not isinstance(param, BlockLoRA):
+        with torch.no_grad():
+            wi = param.image_projection(theta).detach().cpu().numpy()
+            wt = param.text_projection(theta).detach().cpu().numpy()
+        mu_img, mu_txt = centring if centring is not None else (0.0, 0.0)
+        return lambda view: (_norm((view.x_feat - mu_img) @ wi.T), _norm((view.bank_feat - mu_txt) @ wt.T))
+    if embedder is None:
+        raise ValueError("a block-mode model under test encodes the raw images and captions itself: pass the "
+                         "Embedder holding the backbone its block features were extracted from (embedder=...).")
+    if centring is not None:
+        raise ValueError("block mode has no feature centring (finetune.centre: false); got centring means.")
+    from ecif.experiments.block_merge import merge_block_lora
+
+    merged = merge_block_lora(embedder.model, param, theta)
+    w_img = projection_matrix(merged, "image").astype(np.float64)
+    w_txt = projection_matrix(merged, "text").astype(np.float64)
+
+    def embed(view: SetView) -> tuple[np.ndarray, np.ndarray]:
+        if view.images is None or view.bank is None:
+            raise ValueError("this view holds no raw images and bank captions (build it with encode_set): a "
+                             "block-mode model under test needs them.")
+        x = image_features(merged, view.images, progress=False).astype(np.float64)
+        y = text_features(merged, embedder.tokenizer, list(view.bank), progress=False).astype(np.float64)
+        return _norm(x @ w_img.T), _norm(y @ w_txt.T)
+
+    return embed
+
+
+def respond(param, theta: torch.Tensor, view: SetView, centring=None, embedder: Embedder | None = None) -> np.ndarray:
+    """Index ``(n,)`` of the bank entry each image retrieves under the model ``(param, theta)``:
+    the highest cosine of :func:`response_model`'s embeddings (``centring``: head mode's
+    centring means, ``None`` for none; ``embedder``: the backbone a block-mode model is merged into)."""
+    return _retrieve(response_model(param, theta, embedder, centring)(view))
+
+
+def _retrieve(embeddings: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    u, w = embeddings
     return np.argmax(u @ w.T, axis=1)
 
 
@@ -210,10 +264,12 @@ def run_shift_grid(embedder: Embedder, split: Split, param, theta, scenarios, se
                    estimator: E.GaussianConditional | None = None, centring=None) -> pd.DataFrame:
     """One row per (scenario, seed): the clean ``split`` is P, the shifted copy Q; columns of
     :func:`shift_scenario` plus ``scenario``, ``seed``, ``modality`` (visual/text/joint).
-    ``centring``: as in :func:`respond`."""
+    ``centring``: as in :func:`respond`; a block-mode model is merged into ``embedder``'s backbone
+    once (:func:`response_model`)."""
     club_kw = dict(club_kw or {})
+    model = response_model(param, theta, embedder, centring)
     p = encode_set(embedder, split)
-    p_idx = respond(param, theta, p, centring)
+    p_idx = _retrieve(model(p))
     rows = []
     for seed in seeds:
         kw = {**club_kw, "seed": int(seed)}
@@ -225,7 +281,7 @@ def run_shift_grid(embedder: Embedder, split: Split, param, theta, scenarios, se
             mods = {shifts.modality(k) for k, _ in sc}
             rows.append({"scenario": scenario_name(sc), "seed": int(seed),
                          "modality": mods.pop() if len(mods) == 1 else "joint",
-                         **shift_scenario(p, p_idx, q, respond(param, theta, q, centring), kw, form, entropy_scale,
+                         **shift_scenario(p, p_idx, q, _retrieve(model(q)), kw, form, entropy_scale,
                                            estimator)})
     return pd.DataFrame(rows)
 

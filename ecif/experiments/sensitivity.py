@@ -6,7 +6,10 @@ retraining on a fixed sample of pairs (Pearson, Spearman; ground truth from
 k = number misaligned, when a mask is given), and the smallest Hessian eigenvalue (undamped,
 dense solver only; ``nan`` for CG). Changing ``lam`` or the batch size changes the objective, so
 those sweeps refit ``theta_hat`` and recompute the ground truth; the damping sweep keeps the fit
-and the ground truth and only changes the solve.
+and the ground truth and only changes the solve. Block mode (a
+:class:`~ecif.core.blocks.BlockLoRA` objective) solves by matrix-free CG, as its fit's engine does
+(``Fitted.engine``): no dense Hessian is formed (``P`` Hessian-vector products each), so its
+``min_eigenvalue`` is ``nan``.
 
 The batch-size sweep also answers *how* the influence and the ground truth move with the
 protocol: each row carries ``is_spearman_vs_first`` (rank correlation of the variant's ``IS`` over
@@ -25,6 +28,7 @@ import pandas as pd
 import torch
 
 from ecif.core.batching import BatchingProtocol
+from ecif.core.blocks import BlockLoRA
 from ecif.core.evaluate import validation_gradient
 from ecif.core.fit import fit
 from ecif.core.influence import ECIF
@@ -36,6 +40,11 @@ from ecif.core.solvers import DenseSolver
 from ecif.core.terms import VARIANTS
 
 __all__ = ["batch_size_sweep", "damping_sweep", "lam_sweep", "score_rows"]
+
+
+def _solver_kind(objective) -> str:
+    """``"cg"`` for a block-mode objective (no dense Hessian), else ``"auto"``."""
+    return "cg" if isinstance(objective.param, BlockLoRA) else "auto"
 
 
 def _min_eig(solver) -> float:
@@ -69,14 +78,19 @@ def damping_sweep(objective, theta_hat, val_gradient, dampings, loo=None, mask=N
                   variants=VARIANTS) -> pd.DataFrame:
     """Rows ``damping``, ``min_eigenvalue``, ``variant``, ``pearson``, ``spearman``, ``auroc``,
     ``precision_at_k`` for each damping ``mu``; one dense Hessian shared by all (``P`` up to a
-    few thousand)."""
-    h = objective.hessian(torch.as_tensor(theta_hat, dtype=torch.float64, device=objective.device))
+    few thousand), or one CG solve per ``mu`` in block mode (``min_eigenvalue`` ``nan``)."""
+    cg = _solver_kind(objective) == "cg"
+    h = None if cg else objective.hessian(torch.as_tensor(theta_hat, dtype=torch.float64, device=objective.device))
     rows = []
     for mu in dampings:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # indefinite at small mu: reported below
-            solver = DenseSolver(h, damping=float(mu))
-        eng = ECIF(objective, theta_hat, solver=solver)
+        if cg:
+            eng = ECIF(objective, theta_hat, solver="cg", damping=float(mu))
+            solver = eng.solver
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # indefinite at small mu: reported below
+                solver = DenseSolver(h, damping=float(mu))
+            eng = ECIF(objective, theta_hat, solver=solver)
         for r in score_rows(eng, val_gradient, loo, mask, variants):
             rows.append({"damping": float(mu), "min_eigenvalue": _min_eig(solver), **r})
     return pd.DataFrame(rows)
@@ -85,7 +99,7 @@ def damping_sweep(objective, theta_hat, val_gradient, dampings, loo=None, mask=N
 def _refit_and_score(objective, val_objective, loo_indices, mask, variants, theta_init, gtol, method="auto",
                      scores_out=None, client=None):
     res = fit(objective, theta_init=theta_init, gtol=gtol, max_iter=200, method=method)
-    eng = ECIF(objective, res.theta, solver="auto")
+    eng = ECIF(objective, res.theta, solver=_solver_kind(objective))
     g = validation_gradient(val_objective, res.theta)
     loo = None
     if loo_indices is not None:

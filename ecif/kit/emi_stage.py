@@ -106,7 +106,7 @@ def misalignment_experiment(ds, emb, q, data_root: str, encoder_dir: str, kinds,
                     fitted, _ = fit_model(ds.name, data_root, encoder_dir, kind, rate, noise_seed, fit_kw)
                 fits[(kind, rate, noise_seed)] = fitted
                 prob, theta = fitted.problem, fitted.theta_hat
-                ev = S.evaluate(test, S.respond(prob.param, theta, test, prob.centring), q=q)
+                ev = S.evaluate(test, S.respond(prob.param, theta, test, prob.centring, emb), q=q)
                 row = {"kind": kind, "rate": rate, "noise_seed": int(noise_seed),
                        "n_misaligned": int(prob.mask.sum()), "emi": ev["emi"], "accuracy": ev["accuracy"],
                        "dmi_emi": ev["dmi_model"] - ev["dmi_reference"]}
@@ -121,7 +121,7 @@ def misalignment_experiment(ds, emb, q, data_root: str, encoder_dir: str, kinds,
                     refits = S.removal_refits(prob.objective, theta, scores["ecif"], prob.mask, seed=seed,
                                               preconditioner=engine.solver)
                     for name, (idx, th) in refits.items():
-                        e2 = S.evaluate(test, S.respond(prob.param, th, test, prob.centring), q=q)
+                        e2 = S.evaluate(test, S.respond(prob.param, th, test, prob.centring, emb), q=q)
                         row[f"emi_after_{name}"] = e2["emi"]
                         row[f"accuracy_after_{name}"] = e2["accuracy"]
                         row[f"misaligned_removed_{name}"] = int(prob.mask[idx].sum())

@@ -486,10 +486,49 @@ def _captions_only_shuffle(params: dict) -> str | None:
     return None
 
 
+#: The smallest L2 pull a block-mode fit is allowed (finetune.mode: blocks): at 0.1 the adapters
+#: inside the encoder keep fitting the corrupted captions and Newton-CG does not converge in 100
+#: steps on the digits pipeline; at 0.3 it converges in about 10 (README "Adapters inside the encoder").
+BLOCK_MODE_MIN_LAM = 0.3
+
+
 def _block_mode_settings(params: dict) -> str | None:
     f = _group(params, "finetune")
     if f.get("mode") != "blocks":
         return None
+    lam = f.get("lam")
+    if _is_number(lam) and lam < BLOCK_MODE_MIN_LAM:
+        return (f"finetune.lam = {lam} is below {BLOCK_MODE_MIN_LAM}, the smallest L2 pull with which block-mode fits "
+                f"(finetune.mode: blocks) converge. Fix: finetune.lam: {BLOCK_MODE_MIN_LAM} (or larger), or "
+                "finetune.mode: head.")
+    return _block_mode_centre_targets(f)
+
+
+def _block_mode_cleaning_lam(params: dict) -> str | None:
+    c = _group(params, "cleaning")
+    lam = c.get("lam")
+    if (_group(params, "finetune").get("mode") == "blocks" and c.get("setting", "shapes_swap") == "shapes_swap"
+            and _is_number(lam) and lam < BLOCK_MODE_MIN_LAM):
+        return (f"cleaning.lam = {lam} is below {BLOCK_MODE_MIN_LAM}, the smallest L2 pull with which block-mode fits "
+                f"(finetune.mode: blocks) converge; the shapes_swap setting fits with cleaning.lam. Fix: cleaning.lam: "
+                f"{BLOCK_MODE_MIN_LAM} (or larger), or cleaning.setting: pipeline (the fit of stage finetune).")
+    return None
+
+
+def _block_mode_ablation_lams(params: dict) -> str | None:
+    lams = _group(params, "ablation").get("lams")
+    if _group(params, "finetune").get("mode") != "blocks" or not isinstance(lams, list):
+        return None
+    low = [v for v in lams if _is_number(v) and v < BLOCK_MODE_MIN_LAM]
+    if low:
+        keep = [v for v in lams if v not in low] or [BLOCK_MODE_MIN_LAM, 1.0]
+        return (f"ablation.lams holds {low}, below {BLOCK_MODE_MIN_LAM}, the smallest L2 pull with which block-mode "
+                f"fits (finetune.mode: blocks) converge: each would run up to 200 Newton steps and score a "
+                f"non-optimum. Fix: ablation.lams: {keep} (values >= {BLOCK_MODE_MIN_LAM}), or finetune.mode: head.")
+    return None
+
+
+def _block_mode_centre_targets(f: dict) -> str | None:
     targets = f.get("targets") or []
     if isinstance(targets, list) and "attn" in targets and "qv" in targets:
         return ("finetune.targets lists both attn and qv, but attn already adapts q and v. Fix: keep one of them, "
@@ -501,7 +540,9 @@ def _block_mode_settings(params: dict) -> str | None:
 
 
 CROSS_CHECKS = (
-    _Cross(("finetune.mode", "finetune.targets", "finetune.centre"), _block_mode_settings),
+    _Cross(("finetune.mode", "finetune.targets", "finetune.centre", "finetune.lam"), _block_mode_settings),
+    _Cross(("finetune.mode", "cleaning.setting", "cleaning.lam"), _block_mode_cleaning_lam),
+    _Cross(("finetune.mode", "ablation.lams"), _block_mode_ablation_lams),
     _Cross(("loo.n_pairs", "loo.n_misaligned"), _misaligned_within("loo")),
     _Cross(("ablation.n_pairs", "ablation.n_misaligned"), _misaligned_within("ablation")),
     _Cross(("noise.kind", "common.dataset"), _swap_needs_compositional),

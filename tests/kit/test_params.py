@@ -109,7 +109,18 @@ def test_cross_checks(good: dict) -> None:
     assert "common.dataset = 'digits'" in msg and "Fix:" in msg
     good["common"]["dataset"] = "shapes"
     assert problems_with(good, "noise", "kind", "attribute_swap") == []
-    # block mode: overlapping targets and centring are refused with the fix; head mode ignores them
+    # block mode: a lam below what its fits need, overlapping targets and centring are refused with
+    # the fix; head mode ignores them
+    good["finetune"]["lam"], good["cleaning"]["lam"], good["ablation"]["lams"] = 0.1, 0.03, [0.03, 0.3, 1.0]
+    assert P.validate(good) == []
+    (msg, cmsg, amsg) = problems_with(good, "finetune", "mode", "blocks")
+    assert "finetune.lam = 0.1 is below 0.3" in msg and "Fix: finetune.lam: 0.3" in msg
+    assert "cleaning.lam = 0.03 is below 0.3" in cmsg and "cleaning.setting: pipeline" in cmsg
+    assert "ablation.lams holds [0.03]" in amsg and "Fix: ablation.lams: [0.3, 1.0]" in amsg
+    good["finetune"]["lam"], good["cleaning"]["setting"] = 0.3, "pipeline"  # pipeline: cleaning.lam unused
+    good["ablation"]["lams"] = [0.3, 1.0]
+    assert problems_with(good, "finetune", "mode", "blocks") == []
+    good["cleaning"]["setting"], good["cleaning"]["lam"] = "shapes_swap", 0.3
     good["finetune"]["targets"] = ["attn", "qv"]
     assert P.validate(good) == []
     (msg,) = problems_with(good, "finetune", "mode", "blocks")

@@ -27,6 +27,9 @@ def block_run(tmp_path_factory):
         "encoder": {"epochs": 4},
         "finetune": {"mode": "blocks", "blocks": 1, "targets": ["qv"], "lam": 0.3, "n_train": 60, "batch_size": 32},
         "loo": {"n_pairs": 4, "n_misaligned": 2},
+        # check_params refuses a block-mode cleaning.lam or ablation.lams below 0.3
+        "cleaning": {"lam": 0.3},
+        "ablation": {"lams": [0.3, 1.0]},
     }
     return run_pipeline(base / "project", overrides, stages=STAGES)
 
