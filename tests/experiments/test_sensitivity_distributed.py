@@ -64,17 +64,17 @@ def test_sweeps_on_a_two_worker_cluster_equal_the_serial_sweeps(client):
     assert list(damp.damping.unique()) == [0.0, 0.1, 1.0] and damp.spearman.notna().all()
     _same(damp, damping_sweep(tp.obj, tp.theta, tp.val_grad, [0.0, 0.1, 1.0], loo, mask, client=client, **kw))
 
-    lams = [0.5, 0.1]
+    lams = [0.5, 0.3]
     lam = lam_sweep(tp.obj, lams, tp.val_obj, idx, mask, variants=("ecif", "positive"), theta_init=tp.theta, **kw)
-    assert list(lam.lam) == [0.5, 0.5, 0.1, 0.1] and lam.fit_converged.all() and lam.loo_converged.all()
+    assert list(lam.lam) == [0.5, 0.5, 0.3, 0.3] and lam.fit_converged.all() and lam.loo_converged.all()
     assert lam.min_eigenvalue.iloc[0] > lam.min_eigenvalue.iloc[2] > 0  # more lam, better conditioned
     _same(lam, lam_sweep(tp.obj, lams, tp.val_obj, idx, mask, variants=("ecif", "positive"), theta_init=tp.theta,
                          client=client, **kw))
 
-    sizes = [40, None, 20]
+    sizes = [40, None]
     bs = batch_size_sweep(tp.param, tp.data.x, tp.data.y, sizes, 0.2, tp.val_obj, idx, mask, seed=1,
                           variants=("ecif",), **kw)
-    assert list(bs.batch_size) == [40, 120, 20] and bs.loo_converged.all()
+    assert list(bs.batch_size) == [40, 120] and bs.loo_converged.all()
     assert bs.is_spearman_vs_first.iloc[0] == pytest.approx(1.0) and bs.is_spearman_vs_first.iloc[1] < 1.0
     # the first setting reproduces the fixture's fit (same objective): its curvature
     assert bs.min_eigenvalue.iloc[0] == pytest.approx(tp.engine.solver.report["min_eigenvalue"], rel=1e-6)
