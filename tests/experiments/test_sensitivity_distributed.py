@@ -64,8 +64,8 @@ def test_sweeps_on_a_two_worker_cluster_equal_the_serial_sweeps(client):
         [(9, 1), (3, 1), (7, 1)]  # input order and the thread count, whatever the workers' order
     tp = tiny_problem(n=80, batch_size=40, seed=1)
     mask = tp.data.misaligned
-    idx = np.r_[np.flatnonzero(mask)[:1], np.flatnonzero(~mask)[:1]]
-    loo = pd.DataFrame({"pair": idx, "actual": [0.3, -0.1]})
+    idx = np.r_[np.flatnonzero(mask)[:1], np.flatnonzero(~mask)[:2]]
+    loo = pd.DataFrame({"pair": idx, "actual": [0.3, -0.1, 0.2]})
     kw = {"progress": False}
 
     damp = damping_sweep(tp.obj, tp.theta, tp.val_grad, [0.0, 0.1, 1.0], loo, mask, **kw)
