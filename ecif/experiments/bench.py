@@ -5,6 +5,7 @@
     python -m ecif.experiments.bench --n 1000 --batch 0     # one configuration, one full batch
     python -m ecif.experiments.bench --n 4000 16000 --precision float64 mixed --no-retrain
                                                             # float64 against mixed-precision solves
+    python -m ecif.experiments.bench --n 1000 4000 --csv bench.csv   # the rows also as CSV
 
 For each configuration (``n`` pairs, fixed batching of ``batch`` pairs or one full batch) on
 synthetic frozen features of CLIP-like width (``--dim`` 512, embedding width 256, LoRA rank 8
@@ -56,6 +57,7 @@ Ratios are measured in one run on one machine; absolute seconds depend on the ma
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import resource
 import subprocess
@@ -65,7 +67,7 @@ import time
 import numpy as np
 import torch
 
-__all__ = ["run_one", "main"]
+__all__ = ["run_one", "main", "write_csv"]
 
 
 def run_one(n: int, batch: int | None, dim: int = 512, width: int = 256, rank: int = 8, lam: float = 1.0,
@@ -270,12 +272,16 @@ def main(argv=None) -> None:
     ap.add_argument("--no-retrain", action="store_true", help="skip the warm and cold retraining")
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     ap.add_argument("--json", action="store_true", help="print one JSON line (used by the grid)")
+    ap.add_argument("--csv", metavar="PATH", help="also write the rows to this CSV file (rewritten after each "
+                    "row, so a run stopped early keeps the rows it finished)")
     args = ap.parse_args(argv)
     if args.n is not None and len(args.n) == 1:
         row = run_one(args.n[0], args.batch or None, args.dim, args.width, args.rank, gtol=args.gtol,
                       threads=args.threads, subsample=args.subsample or None, precondition=args.precondition,
                       progress=not args.quiet, precisions=tuple(args.precision), retrain=not args.no_retrain)
         print(json.dumps(row) if args.json else _tables([row]), flush=True)
+        if args.csv:
+            write_csv([row], args.csv)
         return
     grid = DEFAULT_GRID if args.n is None else [(n, args.batch or None) for n in args.n]
     rows = []
@@ -294,12 +300,30 @@ def main(argv=None) -> None:
             print(f"n={n} batch={batch}: failed (exit {out.returncode})", file=sys.stderr, flush=True)
             continue
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        if args.csv:
+            write_csv(rows, args.csv)
         table = _table(rows).splitlines()
         if len(rows) == 1:
             print("\n".join(table[:2]), flush=True)
         print(table[-1], flush=True)
     print()
     print(_tables(rows))
+
+
+#: Columns of the CSV file (``--csv``): the main table's, with the precision of the main row.
+CSV_COLUMNS = COLUMNS[:2] + ["precision"] + COLUMNS[2:]
+
+
+def write_csv(rows: list[dict], path: str) -> None:
+    """Write ``rows`` (dicts of :func:`run_one`) to ``path`` as CSV, one line per configuration
+    with the columns :data:`CSV_COLUMNS` (``precision``: the main row's, the first of
+    ``--precision``; empty cells where a column is ``None``)."""
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(CSV_COLUMNS)
+        for r in rows:
+            main = dict(r, precision=(r.get("by_precision") or [{}])[0].get("precision"))
+            w.writerow(["" if main.get(c) is None else main.get(c) for c in CSV_COLUMNS])
 
 
 def _tables(rows: list[dict]) -> str:

@@ -24,6 +24,11 @@ function as the serial loop (:func:`refit_one`), in float64 with a fixed torch t
 (the caller's, 1 in the kit), from the same warm start: results are bit-identical to the serial
 run and come back in input order whatever order the tasks finish in.
 
+:func:`map_shared` is the general form that :func:`retrain_many` and the sensitivity sweeps
+(:mod:`ecif.experiments.sensitivity`: one task per damping, ``lam`` or batch-size setting) use:
+``fn(shared, item, *args)`` for each item, ``shared`` scattered once, each call under the same
+fixed torch thread count, results in input order, serial without a client.
+
 Dask is imported only when a client is made or used: the serial path does not need it.
 """
 
@@ -41,7 +46,7 @@ from ecif.core.evaluate import validation_loss
 from ecif.experiments.progress import Progress
 from ecif.experiments.scheduler_spec import ENV_VAR, FORMS, LOCAL, resolve_address
 
-__all__ = ["ENV_VAR", "close", "connect", "refit_one", "resolve_address", "retrain_many"]
+__all__ = ["ENV_VAR", "close", "connect", "map_shared", "refit_one", "resolve_address", "retrain_many"]
 
 def connect(address=None, *, timeout: float = 10.0, env: bool = True):
     """A ``distributed.Client`` for ``address`` (see the module docstring), or ``None`` for serial.
@@ -93,6 +98,47 @@ def _threads(n: int):
         torch.set_num_threads(before)
 
 
+def _call(fn, shared, item, args: tuple, threads: int):
+    """``fn(shared, item, *args)`` with ``threads`` torch threads (one task of :func:`map_shared`)."""
+    with _threads(threads):
+        return fn(shared, item, *args)
+
+
+def map_shared(fn, shared, items, *args, client=None, threads: int | None = None,
+               progress: bool | Progress = True, label: str = "task") -> list:
+    """``[fn(shared, item, *args) for item in items]``, serial without ``client``, else one Dask
+    task per item.
+
+    ``fn`` must be a module-level function (workers import it by name). ``shared`` (any picklable
+    object: objectives, features, a Hessian) is **scattered once** to every worker and each task
+    receives that handle, its item and ``args`` only, so nothing large travels per task.
+    ``threads``: torch threads of every call (default: the caller's current count), so the serial
+    and distributed runs compute the same way and give bit-identical results. ``progress``:
+    ``True`` prints sparse ``<label> i/N`` lines (:class:`~ecif.experiments.progress.Progress`),
+    ``False`` nothing, or a ``Progress`` of your own. Returns the results in input order,
+    whatever order the tasks finish in."""
+    items = list(items)
+    threads = torch.get_num_threads() if threads is None else int(threads)
+    bar = progress if isinstance(progress, Progress) else Progress(len(items), label, enabled=bool(progress))
+    if client is None:
+        out = []
+        for item in items:
+            out.append(_call(fn, shared, item, args, threads))
+            bar.step()
+        return out
+
+    from distributed import as_completed
+
+    [handle] = client.scatter([shared], broadcast=True, hash=False)
+    try:
+        futures = [client.submit(_call, fn, handle, item, args, threads, pure=False) for item in items]
+        for _ in as_completed(futures):
+            bar.step()
+        return client.gather(futures)
+    finally:
+        client.cancel([handle])
+
+
 def refit_one(shared: dict, remove, options: dict) -> dict:
     """One leave-out refit, self-contained: ``shared`` holds ``objective``, ``theta_hat``,
     ``preconditioner`` and optionally ``val_objective`` and ``base_val_loss``; ``options`` the
@@ -137,21 +183,5 @@ def retrain_many(objective, theta_hat: torch.Tensor, removals, *, val_objective=
               "preconditioner": preconditioner, "val_objective": val_objective}
     if val_objective is not None:
         shared["base_val_loss"] = validation_loss(val_objective, shared["theta_hat"])
-    bar = progress if isinstance(progress, Progress) else Progress(len(sets), label, enabled=bool(progress))
-    if client is None:
-        rows = []
-        for r in sets:
-            rows.append(refit_one(shared, r, options))
-            bar.step()
-        return rows
-
-    from distributed import as_completed
-
-    [handle] = client.scatter([shared], broadcast=True, hash=False)
-    try:
-        futures = [client.submit(refit_one, handle, r, options, pure=False) for r in sets]
-        for _ in as_completed(futures):
-            bar.step()
-        return client.gather(futures)
-    finally:
-        client.cancel([handle])
+    return map_shared(refit_one, shared, sets, options, client=client, threads=options["threads"],
+                      progress=progress, label=label)

@@ -32,8 +32,8 @@ from ecif.core.blocks import BlockLoRA
 from ecif.core.evaluate import validation_gradient
 from ecif.core.fit import fit
 from ecif.core.influence import ECIF
+from ecif.experiments.distributed import map_shared
 from ecif.experiments.metrics import auroc, loo_agreement, precision_at_k
-from ecif.experiments.progress import Progress
 from ecif.core.objective import ContrastiveObjective
 from ecif.experiments.retraining import loo_val_changes
 from ecif.core.solvers import DenseSolver
@@ -75,36 +75,50 @@ def score_rows(engine, val_gradient, loo=None, mask=None, variants=VARIANTS, sco
 
 
 def damping_sweep(objective, theta_hat, val_gradient, dampings, loo=None, mask=None,
-                  variants=VARIANTS) -> pd.DataFrame:
+                  variants=VARIANTS, client=None, progress: bool = True) -> pd.DataFrame:
     """Rows ``damping``, ``min_eigenvalue``, ``variant``, ``pearson``, ``spearman``, ``auroc``,
     ``precision_at_k`` for each damping ``mu``; one dense Hessian shared by all (``P`` up to a
-    few thousand), or one CG solve per ``mu`` in block mode (``min_eigenvalue`` ``nan``)."""
+    few thousand), or one CG solve per ``mu`` in block mode (``min_eigenvalue`` ``nan``).
+    ``client``: a Dask client (:func:`ecif.experiments.distributed.connect`) to run one task per
+    damping, the Hessian and the scores' inputs scattered once; ``None`` runs them here, with
+    bit-identical results. ``progress``: a ``damping i/N`` line now and then."""
+    _check_values(dampings, "dampings")
+    theta = torch.as_tensor(theta_hat, dtype=torch.float64, device=objective.device)
     cg = _solver_kind(objective) == "cg"
-    h = None if cg else objective.hessian(torch.as_tensor(theta_hat, dtype=torch.float64, device=objective.device))
-    rows = []
-    for mu in dampings:
-        if cg:
-            eng = ECIF(objective, theta_hat, solver="cg", damping=float(mu))
-            solver = eng.solver
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # indefinite at small mu: reported below
-                solver = DenseSolver(h, damping=float(mu))
-            eng = ECIF(objective, theta_hat, solver=solver)
-        for r in score_rows(eng, val_gradient, loo, mask, variants):
-            rows.append({"damping": float(mu), "min_eigenvalue": _min_eig(solver), **r})
-    return pd.DataFrame(rows)
+    shared = {"objective": objective, "theta_hat": theta, "hessian": None if cg else objective.hessian(theta),
+              "val_gradient": val_gradient, "loo": loo, "mask": mask}
+    parts = map_shared(_damping_point, shared, [float(mu) for mu in dampings], tuple(variants), client=client,
+                       progress=progress, label="damping")
+    return pd.DataFrame([row for part in parts for row in part])
+
+
+def _damping_point(shared: dict, mu: float, variants) -> list[dict]:
+    """One setting of :func:`damping_sweep` (a self-contained task): solve and score at ``mu``,
+    from the shared dense Hessian, or by CG when there is none (block mode)."""
+    if shared["hessian"] is None:
+        eng = ECIF(shared["objective"], shared["theta_hat"], solver="cg", damping=mu)
+        solver = eng.solver
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # indefinite at small mu: reported below
+            solver = DenseSolver(shared["hessian"], damping=mu)
+        eng = ECIF(shared["objective"], shared["theta_hat"], solver=solver)
+    return [{"damping": mu, "min_eigenvalue": _min_eig(solver), **r}
+            for r in score_rows(eng, shared["val_gradient"], shared["loo"], shared["mask"], variants)]
 
 
 def _refit_and_score(objective, val_objective, loo_indices, mask, variants, theta_init, gtol, method="auto",
-                     scores_out=None, client=None):
+                     scores_out=None):
+    """Fit ``objective`` from ``theta_init`` (``None``: ``theta0``), score, and measure the
+    leave-one-out ground truth on ``loo_indices`` here (serial refits): the work of one sweep
+    setting. Returns the optimum and one row per variant."""
     res = fit(objective, theta_init=theta_init, gtol=gtol, max_iter=200, method=method)
     eng = ECIF(objective, res.theta, solver=_solver_kind(objective))
     g = validation_gradient(val_objective, res.theta)
     loo = None
     if loo_indices is not None:
         loo = loo_val_changes(objective, res.theta, val_objective, loo_indices, gtol=gtol, preconditioner=eng.solver,
-                              client=client, progress=False)
+                              progress=False)
     info = {"fit_grad_norm": res.grad_norm, "fit_converged": res.converged, "min_eigenvalue": _min_eig(eng.solver),
             "loo_converged": True if loo is None else bool(loo["converged"].all())}
     rows = [{**info, **r} for r in score_rows(eng, g, loo, mask, variants, scores_out)]
@@ -114,22 +128,33 @@ def _refit_and_score(objective, val_objective, loo_indices, mask, variants, thet
 
 
 def lam_sweep(objective, lams, val_objective, loo_indices=None, mask=None, variants=VARIANTS,
-              gtol: float = 1e-9, method: str = "auto", client=None, progress: bool = True) -> pd.DataFrame:
-    """Refit at each ``lam`` (warm-started from the previous optimum, in the order given; ``method``
-    as in :func:`~ecif.core.fit.fit`), then score. Rows ``lam``, ``fit_grad_norm``, ``fit_converged``,
-    ``min_eigenvalue``, ``loo_converged``, ``variant``, ``pearson``, ``spearman``, ``auroc``,
-    ``precision_at_k``. ``client``: a Dask client for the leave-one-out refits of each setting
-    (:func:`~ecif.experiments.retraining.loo_val_changes`, same results); ``progress``: a
-    ``lam i/N`` line per setting."""
+              gtol: float = 1e-9, method: str = "auto", client=None, progress: bool = True,
+              theta_init=None) -> pd.DataFrame:
+    """Refit at each ``lam`` from ``theta_init`` (``None``: ``theta0``; every setting starts
+    from the same point, so the settings are independent; ``method`` as in
+    :func:`~ecif.core.fit.fit`), then score and measure the leave-one-out ground truth on
+    ``loo_indices``. Rows ``lam``, ``fit_grad_norm``, ``fit_converged``, ``min_eigenvalue``,
+    ``loo_converged``, ``variant``, ``pearson``, ``spearman``, ``auroc``, ``precision_at_k``, in
+    the order of ``lams``.
+
+    ``client``: a Dask client (:func:`ecif.experiments.distributed.connect`) to run one task per
+    setting (fit, scores and its leave-one-out refits), the objective and the validation data
+    scattered once; ``None`` runs them here, with bit-identical results. ``progress``: a
+    ``lam i/N`` line now and then."""
     _check_values(lams, "lams")
-    rows, theta = [], None
-    bar = Progress(len(lams), "lam", enabled=progress)
-    for lam in lams:
-        theta, rs = _refit_and_score(objective.with_lam(float(lam)), val_objective, loo_indices, mask, variants,
-                                     theta, gtol, method, client=client)
-        rows += [{"lam": float(lam), **r} for r in rs]
-        bar.step()
-    return pd.DataFrame(rows)
+    shared = {"objective": objective, "val_objective": val_objective, "loo_indices": loo_indices, "mask": mask,
+              "theta_init": None if theta_init is None else torch.as_tensor(
+                  theta_init, dtype=torch.float64, device=objective.device)}
+    parts = map_shared(_lam_point, shared, [float(lam) for lam in lams], tuple(variants), gtol, method,
+                       client=client, progress=progress, label="lam")
+    return pd.DataFrame([row for part in parts for row in part])
+
+
+def _lam_point(shared: dict, lam: float, variants, gtol: float, method: str) -> list[dict]:
+    """One setting of :func:`lam_sweep` (a self-contained task)."""
+    _, rows = _refit_and_score(shared["objective"].with_lam(lam), shared["val_objective"], shared["loo_indices"],
+                               shared["mask"], variants, shared["theta_init"], gtol, method)
+    return [{"lam": lam, **r} for r in rows]
 
 
 def batch_size_sweep(param, x, y, batch_sizes, lam: float, val_objective, loo_indices=None, mask=None,
@@ -140,29 +165,41 @@ def batch_size_sweep(param, x, y, batch_sizes, lam: float, val_objective, loo_in
     validation objective keeps its own batching). Rows as :func:`lam_sweep` with ``batch_size``
     (``n`` for a full batch) instead of ``lam``, plus ``is_spearman_vs_first``,
     ``loo_spearman_vs_first`` (``nan`` without ``loo_indices``) and ``neg_to_pos`` (module
-    docstring). The negative role is always scored, so ``neg_to_pos`` is defined. ``client`` and
-    ``progress`` as in :func:`lam_sweep`."""
+    docstring). The negative role is always scored, so ``neg_to_pos`` is defined. ``client``
+    (one task per batch size; the features ``x``, ``y`` and the validation data scattered once)
+    and ``progress`` as in :func:`lam_sweep`."""
     _check_values(batch_sizes, "batch_sizes")
     n = np.shape(x)[0]
     scored = tuple(dict.fromkeys([*variants, "positive", "negative"]))
-    rows, first = [], None
-    bar = Progress(len(batch_sizes), "batch size", enabled=progress)
-    for b in batch_sizes:
-        obj = ContrastiveObjective(param, x, y, BatchingProtocol.from_seed(n, b, seed), lam=lam)
-        scores: dict = {}
-        _, rs = _refit_and_score(obj, val_objective, loo_indices, mask, scored, None, gtol, method, scores,
-                                 client=client)
-        first = first if first is not None else scores
+    shared = {"param": param, "x": x, "y": y, "lam": float(lam), "seed": int(seed), "val_objective": val_objective,
+              "loo_indices": loo_indices, "mask": mask}
+    sizes = [None if b is None else int(b) for b in batch_sizes]
+    parts = map_shared(_batch_point, shared, sizes, scored, gtol, method, client=client, progress=progress,
+                       label="batch size")
+    first = parts[0][1]
+    rows = []
+    for b, (rs, scores) in zip(sizes, parts):
         neg_to_pos = float(np.linalg.norm(scores["negative"]) / np.linalg.norm(scores["positive"]))
         loo_rho = _spearman(scores["loo"], first["loo"]) if "loo" in scores else np.nan
         for r in rs:
             if r["variant"] not in variants:
                 continue
-            rows.append({"batch_size": n if b is None else int(b), **r,
+            rows.append({"batch_size": n if b is None else b, **r,
                          "is_spearman_vs_first": _spearman(scores[r["variant"]], first[r["variant"]]),
                          "loo_spearman_vs_first": loo_rho, "neg_to_pos": neg_to_pos})
-        bar.step()
     return pd.DataFrame(rows)
+
+
+def _batch_point(shared: dict, b: int | None, scored, gtol: float, method: str) -> tuple[list[dict], dict]:
+    """One setting of :func:`batch_size_sweep` (a self-contained task): the rows of every scored
+    variant and the score arrays (``loo`` too) that the comparisons with the first setting need."""
+    n = np.shape(shared["x"])[0]
+    obj = ContrastiveObjective(shared["param"], shared["x"], shared["y"],
+                               BatchingProtocol.from_seed(n, b, shared["seed"]), lam=shared["lam"])
+    scores: dict = {}
+    _, rows = _refit_and_score(obj, shared["val_objective"], shared["loo_indices"], shared["mask"], scored, None,
+                               gtol, method, scores)
+    return rows, scores
 
 
 def _spearman(a, b) -> float:

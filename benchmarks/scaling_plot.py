@@ -1,0 +1,67 @@
+"""Draw the benchmark's scaling plot: seconds against the number of pairs n, both axes logarithmic.
+
+    python -m ecif.experiments.bench --n 1000 4000 16000 100000 --batch 256 --threads 1 \
+        --precision mixed --csv benchmarks/scaling.csv
+    python benchmarks/scaling_plot.py benchmarks/scaling.csv docs/img/scaling.png
+
+Reads the CSV that ``--csv`` writes (one row per n) and draws four lines, one colour each:
+scoring every pair (``ecif_all_pairs_s``: the influence solve plus the all-pairs pass), one warm
+leave-one-out retraining (``retrain_s``, from the optimum), one cold retraining
+(``cold_retrain_s``, from the initial parameters) and the full leave-one-out estimate, ``n`` cold
+retrainings (``n * cold_retrain_s``, extrapolated from the one measured). Rows without a value
+(a run stopped early) are left out of that line.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+#: (column or rule, label, colour) of each line.
+LINES = [
+    ("ecif_all_pairs_s", "ECIF: score all pairs (one solve + all-pairs pass)", "tab:blue"),
+    ("retrain_s", "one warm retraining (from the optimum)", "tab:orange"),
+    ("cold_retrain_s", "one cold retraining (from the start)", "tab:green"),
+    ("loo_all", "full leave-one-out = n x cold retraining (estimate)", "tab:red"),
+]
+
+
+def draw(table: pd.DataFrame, out: str, title: str | None = None) -> None:
+    """Write the log-log plot of ``table`` (the bench's CSV rows) to ``out``."""
+    t = table.sort_values("n").copy()
+    t["loo_all"] = t["n"] * t["cold_retrain_s"]
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    for col, label, colour in LINES:
+        rows = t[t[col].notna()]
+        if len(rows):
+            ax.plot(rows["n"], rows[col], marker="o", color=colour, label=label,
+                    linestyle="--" if col == "loo_all" else "-")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training pairs n")
+    ax.set_ylabel("wall-clock seconds")
+    ax.set_title(title or "Cost as n grows: scoring every pair vs retraining")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("csv", help="the bench's rows (python -m ecif.experiments.bench ... --csv PATH)")
+    ap.add_argument("out", nargs="?", default="docs/img/scaling.png", help="the PNG to write")
+    ap.add_argument("--title", help="plot title")
+    args = ap.parse_args(argv)
+    draw(pd.read_csv(args.csv), args.out, args.title)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
