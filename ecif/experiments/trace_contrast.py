@@ -41,7 +41,8 @@ def layer_contrast(study: dict, reference: str = "clean", other: str = "swap", r
     """Per (tower, kind, layer): ``nie_mean_<model>`` for every model of ``study`` (mean over
     token positions of the heatmap of ``restore``: ``"layer"`` or ``"window<w>"``), and
     ``diff = nie_mean_<other> - nie_mean_<reference>``, ``diff_max`` the same for the largest
-    NIE over tokens. ``ValueError`` when ``reference`` or ``other`` is not a model of the study."""
+    NIE over tokens. Only the layers each tower has (towers of different depth are not padded).
+    ``ValueError`` when ``reference`` or ``other`` is not a model of the study."""
     tokens = study["tokens"]
     models = list(dict.fromkeys(tokens["model"]))
     for name in (reference, other):
@@ -58,6 +59,8 @@ def layer_contrast(study: dict, reference: str = "clean", other: str = "swap", r
         out[f"nie_mean_{name}"] = wide[("nie_mean", name)]
     out["diff"] = wide[("nie_mean", other)] - wide[("nie_mean", reference)]
     out["diff_max"] = wide[("nie_max", other)] - wide[("nie_max", reference)]
+    # the pivot crosses every tower with every layer number: drop the layers a tower does not have
+    out = out.dropna(how="all", subset=[f"nie_mean_{name}" for name in models])
     return out.reset_index()
 
 

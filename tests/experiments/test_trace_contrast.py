@@ -47,6 +47,17 @@ def test_contrast_is_the_per_layer_mean_difference():
     assert (layer_contrast(study, "a", "b", restore="window3")["diff"] == 0).all()
 
 
+def test_towers_of_different_depth_keep_their_own_layers():
+    """A second tower with one layer: the contrast lists 3 text layers and 1 image layer, no NaN rows."""
+    study = _hand_study(2, 0.8)
+    tokens = study["tokens"]
+    image = tokens[tokens["layer"] == 0].assign(tower="image", nie=0.5)
+    study = {**study, "tokens": pd.concat([tokens, image], ignore_index=True)}
+    c = layer_contrast(study, reference="a", other="b")
+    assert list(zip(c["tower"], c["layer"])) == [("text", 0), ("text", 1), ("text", 2), ("image", 0)]
+    assert not c[["nie_mean_a", "nie_mean_b", "diff"]].isna().any().any()
+
+
 def test_unknown_models_and_restorations_are_refused():
     study = _hand_study(1, 0.1)
     with pytest.raises(ValueError, match="not in the study"):
