@@ -158,3 +158,73 @@ def exercise_relabel_merge(ds, attribute: str = "color", source: str = "red", ta
                    f"{np.mean(relabelled == clean):.1%} of the captions unchanged, discrete EMI "
                    f"{discrete_mi(key, relabelled) - discrete_mi(key, clean):+.4f} nats.")
     return out
+
+
+def exercise_detect_vs_agree(stats: dict) -> list[str]:
+    """Exercise (stage 12): is the method that detects misaligned pairs best (largest ``auroc``)
+    also the one that agrees best with retraining (largest ``pearson``, and on clean pairs
+    ``pearson_clean``)? ``stats``: ``{method: {"auroc", "pearson", "pearson_clean", ...}}``."""
+    t = pd.DataFrame(stats).T[["auroc", "pearson", "pearson_clean"]].astype(float)
+    best = {c: t[c].idxmax() for c in t.columns}
+    same = "the same method" if best["auroc"] == best["pearson"] else "different methods"
+    return [f"best detector (AUROC): {best['auroc']} ({t.loc[best['auroc'], 'auroc']:.3f}); best agreement with "
+            f"retraining (Pearson): {best['pearson']} ({t.loc[best['pearson'], 'pearson']:.3f}); on clean pairs: "
+            f"{best['pearson_clean']} ({t.loc[best['pearson_clean'], 'pearson_clean']:.3f}). Detection and "
+            f"agreement pick {same}."]
+
+
+def exercise_peer_matches_positive(scores: dict, peer: str = "dattri_cg") -> list[str]:
+    """Exercise (stage 12): how close the scores of ``peer`` (an influence function of the pair's
+    own loss terms) come to the kit's ``positive`` variant: the largest absolute difference over
+    all pairs relative to the largest ``|positive|``, and their Pearson."""
+    if peer not in scores:
+        return [f"{peer} did not run here (peers.methods or its library): nothing to compare."]
+    a, b = np.asarray(scores["positive"], dtype=float), np.asarray(scores[peer], dtype=float)
+    rel = float(np.max(np.abs(a - b)) / np.max(np.abs(a)))
+    return [f"{peer} against the kit's `positive` over {len(a)} pairs: largest difference {rel:.2e} of the largest "
+            f"score, Pearson {np.corrcoef(a, b)[0, 1]:.6f}."]
+
+
+def exercise_clean_pairs_by_batching(loo: pd.DataFrame, variants=("positive", "ecif")) -> list[str]:
+    """Exercise (stage 14): :func:`ecif.kit.findings.exercise_clean_only` per batching (column
+    ``batching`` of the stage's leave-one-out table) and variant: does ECIF's lead over
+    ``positive`` on clean pairs survive hard-negative batching?"""
+    from ecif.kit.findings import exercise_clean_only
+    out = []
+    for batching, part in loo.groupby("batching", sort=False):
+        for v in variants:
+            out += [f"{batching}, {v}: {line}" for line in exercise_clean_only(part, v)[:2]]
+    return out
+
+
+def exercise_negative_share_by_group(loo: pd.DataFrame) -> list[str]:
+    """Exercise (stage 14): the negative term's share ``||IS_neg|| / ||IS_pos||`` (columns
+    ``negative``, ``positive``) per batching, over the clean and over the misaligned pairs of the
+    leave-one-out sample apart."""
+    out = []
+    for (batching, bad), part in loo.groupby(["batching", "misaligned"], sort=False):
+        share = np.linalg.norm(part["negative"]) / np.linalg.norm(part["positive"])
+        out.append(f"{batching}, {'misaligned' if bad else 'clean'} pairs ({len(part)}): ||IS_neg|| / ||IS_pos|| = {share:.3f}")
+    return out
+
+
+def exercise_edit_layers(study: dict) -> list[str]:
+    """Exercise (stage 13): per restoration (single layers, windows) of ``study``, the text layer
+    whose MLP outputs at the constraint's tokens bring back the most (largest mean NIE)."""
+    r = study["roles"]
+    r = r[(r["tower"] == "text") & (r["kind"] == "mlp") & (r["role"] == "constraint")].dropna(subset=["nie"])
+    return [f"{restore}: text layer {int(g.loc[g['nie'].idxmax(), 'layer'])} (NIE {g['nie'].max():.3f})"
+            for restore, g in r.groupby("restore")]
+
+
+def exercise_adapted_peak(block: dict | None) -> list[str]:
+    """Exercise (stage 13): per tower, is the layer where the swap fit's trace differs most from the
+    clean fit's (:func:`ecif.experiments.trace_contrast.largest_difference`, attention and MLP
+    together) one of the layers the block-mode fine-tune adapted (``block["adapted"]``)?"""
+    if block is None:
+        return ["The block fits are switched off (tracing.block_fits: false): set it to true and rerun the stage."]
+    from ecif.experiments.trace_contrast import largest_difference
+    peaks = largest_difference(block["contrast"].assign(kind="any"))
+    return [f"{row.tower} tower: largest difference at layer {int(row.layer)} ({row.diff:+.4f}), "
+            f"{'an adapted' if int(row.layer) in block['adapted'].get(row.tower, []) else 'a frozen'} layer "
+            f"(adapted: {block['adapted'].get(row.tower, [])})." for row in peaks.itertuples()]
