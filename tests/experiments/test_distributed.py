@@ -86,15 +86,6 @@ def test_serial_retrain_many_matches_loo_val_changes():
     assert all(r["converged"] and r["theta"].dtype == torch.float64 for r in rows)
 
 
-@pytest.fixture(scope="module")
-def client():
-    c = D.connect("local:2")
-    try:
-        yield c
-    finally:
-        D.close(c)
-
-
 @pytest.mark.slow
 def test_two_worker_local_cluster_is_identical_to_serial(client, capsys):
     assert len(client.scheduler_info()["workers"]) == 2

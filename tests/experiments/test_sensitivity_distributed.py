@@ -27,15 +27,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def client():
-    c = D.connect("local:2")
-    try:
-        yield c
-    finally:
-        D.close(c)
-
-
 def _square(shared, item, offset):
     return shared["base"] * item + offset, torch.get_num_threads()
 
