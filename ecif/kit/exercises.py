@@ -211,8 +211,8 @@ def exercise_negative_share_by_group(loo: pd.DataFrame) -> list[str]:
 def exercise_edit_layers(study: dict) -> list[str]:
     """Exercise (stage 13): per restoration (single layers, windows) of ``study``, the text layer
     whose MLP outputs at the constraint's tokens bring back the most (largest mean NIE)."""
-    r = study["roles"]
-    r = r[(r["tower"] == "text") & (r["kind"] == "mlp") & (r["role"] == "constraint")].dropna(subset=["nie"])
+    from ecif.kit.tracing_report import constraint_mlp_trace
+    r = constraint_mlp_trace(study)
     return [f"{restore}: text layer {int(g.loc[g['nie'].idxmax(), 'layer'])} (NIE {g['nie'].max():.3f})"
             for restore, g in r.groupby("restore")]
 

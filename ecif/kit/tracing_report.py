@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-__all__ = ["block_figure", "block_findings", "block_metrics", "findings", "heatmap_figure", "metrics", "peaks",
+__all__ = ["block_figure", "block_findings", "block_metrics", "constraint_mlp_trace", "findings", "heatmap_figure", "metrics", "peaks",
            "times"]
 
 
@@ -103,13 +103,19 @@ def heatmap_figure(studies: dict, window: bool = False):
     return fig
 
 
+def constraint_mlp_trace(study: dict) -> pd.DataFrame:
+    """The rows of ``study["roles"]`` for the text tower's MLP outputs restored at the constraint's
+    tokens (every restoration: single layers and windows), without NaN ``nie``."""
+    r = study["roles"]
+    return r[(r["tower"] == "text") & (r["kind"] == "mlp") & (r["role"] == "constraint")].dropna(subset=["nie"])
+
+
 def edit_layer(study: dict) -> int:
     """The text-tower layer the trace points to for an edit: the centre of the MLP window with the
     largest mean NIE at the constraint's tokens (single-layer restorations when the study has no
     windows). The edit (:func:`ecif.experiments.repair.rank_one_text_edit`) rewrites that layer's
     MLP output projection."""
-    r = study["roles"]
-    r = r[(r["tower"] == "text") & (r["kind"] == "mlp") & (r["role"] == "constraint")].dropna(subset=["nie"])
+    r = constraint_mlp_trace(study)
     windows = r[r["restore"] != "layer"]
     r = windows if len(windows) else r
     if r.empty:
