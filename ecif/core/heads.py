@@ -86,6 +86,27 @@ class Parametrization:
         (u, w), (u_dot, w_dot) = jvp(lambda z: self.embed(z, data), (theta,), (v,))
         return u, w, u_dot, w_dot
 
+    #: Whether the parametrization computes the batch cosines ``C = U W^T`` itself from
+    #: per-batch constants (:meth:`batch_constants`, :meth:`batch_cosines`) instead of from the
+    #: embeddings: LoRA heads write ``C`` as a frozen base plus low-rank corrections, so no
+    #: product of the full embedding width runs per evaluation.
+    low_rank_cosines: bool = False
+
+    def batch_constants(self, data: Prepared, b: int) -> torch.Tensor | None:
+        """What :meth:`batch_cosines` needs per batch that no ``theta`` changes, computed once
+        from the batch-ordered prepared data (rows ``(M * b, .)``, ``b`` slots per batch).
+        ``None``: none (the objective embeds and normalises instead)."""
+        return None
+
+    def batch_cosines(self, theta: torch.Tensor, data: Prepared, const: torch.Tensor, b: int,
+                      v: torch.Tensor | None = None):
+        """Cosines ``C[m, i, j] = <u_i, w_j>`` of the normalised embeddings of batches of ``b``
+        slots (rows of ``data`` in slot order, ``const`` their :meth:`batch_constants`),
+        ``(m, b, b)``; with ``v``, also ``Cdot``, the derivative of ``C`` along ``v`` (then a
+        pair ``(C, Cdot)``). Differentiable in ``theta`` by reverse mode. Only for
+        parametrizations with :attr:`low_rank_cosines`."""
+        raise NotImplementedError
+
     def encode_images(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Unnormalised embeddings ``(n, e)`` of any image feature rows ``x (n, d_img)`` (not
         only the objective's pairs): ``x W_img(theta)^T`` for projection heads."""
@@ -235,6 +256,65 @@ class LoRAHeads(Parametrization):
     def embed(self, theta, data):
         a_i, b_i, a_t, b_t = self.factors(theta)
         return data.x_base + (data.x @ a_i.T) @ b_i.T, data.y_base + (data.y @ a_t.T) @ b_t.T
+
+    low_rank_cosines = True
+
+    def batch_constants(self, data, b):
+        """The frozen base's cosine numerators ``K[m] = Xb_m Yb_m^T`` per batch, ``(M, b, b)``,
+        with ``Xb = x W0_img^T``, ``Yb = y W0_txt^T`` the base embeddings of the batch's slots."""
+        xb = data.x_base.reshape(-1, b, self.width)
+        yb = data.y_base.reshape(-1, b, self.width)
+        return xb @ yb.transpose(1, 2)
+
+    def batch_cosines(self, theta, data, const, b, v=None):
+        """``C = D_u^-1 R D_w^-1`` (and ``Cdot``) from the raw numerators ``R = U W^T`` of the
+        unnormalised embeddings ``U = Xb + P B_i^T``, ``W = Yb + Q B_t^T`` (``P = x A_i^T``,
+        ``Q = y A_t^T``, ``(N, r)``), without forming ``U`` or ``W``:
+
+            ``R = K + (Xb B_t + P B_i^T B_t) Q^T + P (Yb B_i)^T``,
+
+        a rank-``2r`` correction of the batch constant ``K`` (:meth:`batch_constants`), and the
+        row norms ``rho_u^2 = |Xb|^2 + 2 <Xb B_i, P> + |P B_i^T|^2`` (the same for ``W``). Along
+        ``v = (dA_i, dB_i, dA_t, dB_t, dt)``, with ``Pd = x dA_i^T``, ``Qd = y dA_t^T``,
+        ``Rdot = Udot W^T + U Wdot^T`` is a rank-``4r`` product, ``alpha_u = <U, Udot> / rho_u^2``
+        (the same for ``W``), and ``Cdot = D_u^-1 Rdot D_w^-1 - alpha_u C - C alpha_w^T``
+        (rowwise and columnwise). Cost per batch ``O(b^2 r + b e r + b d r)``: no product of
+        width ``e`` over slot pairs (docs/math.md §21). Equal to normalising :meth:`embed`
+        and multiplying out, to rounding (tested)."""
+        a_i, b_i, a_t, b_t = self.factors(theta)
+        r = self.rank
+        xb, yb = data.x_base, data.y_base
+        if v is None:
+            p, q = data.x @ a_i.T, data.y @ a_t.T
+            xbb, ybb = xb @ torch.cat([b_i, b_t], 1), yb @ torch.cat([b_i, b_t], 1)
+        else:
+            da_i, db_i, da_t, db_t = self.factors(v)
+            # the products with the tangent's factors apart: no reverse pass through them
+            p, q, pd, qd = data.x @ a_i.T, data.y @ a_t.T, data.x @ da_i.T, data.y @ da_t.T
+            xbb = torch.cat([xb @ torch.cat([b_i, b_t], 1), xb @ torch.cat([db_i, db_t], 1)], 1)
+            ybb = torch.cat([yb @ torch.cat([b_i, b_t], 1), yb @ torch.cat([db_i, db_t], 1)], 1)
+        xbi, xbt, ybi, ybt = xbb[:, :r], xbb[:, r:2 * r], ybb[:, :r], ybb[:, r:2 * r]
+        gram_i, gram_t, cross = b_i.T @ b_i, b_t.T @ b_t, b_i.T @ b_t
+        left = xbt + p @ cross  # rows of U B_t
+        rho_u = ((xb * xb).sum(1) + 2.0 * (xbi * p).sum(1) + ((p @ gram_i) * p).sum(1)).sqrt()
+        rho_w = ((yb * yb).sum(1) + 2.0 * (ybt * q).sum(1) + ((q @ gram_t) * q).sum(1)).sqrt()
+
+        def batched(z):
+            return z.reshape(-1, b, z.shape[-1])
+
+        inv_u, inv_w = batched((1.0 / rho_u)[:, None]), batched((1.0 / rho_w)[:, None]).transpose(1, 2)
+        numer = const + batched(torch.cat([left, p], 1)) @ batched(torch.cat([q, ybi], 1)).transpose(1, 2)
+        c = numer * inv_u * inv_w
+        if v is None:
+            return c
+        xdbi, xdbt, ydbi, ydbt = xbb[:, 2 * r:3 * r], xbb[:, 3 * r:], ybb[:, 2 * r:3 * r], ybb[:, 3 * r:]
+        mix = pd @ cross + p @ (db_i.T @ b_t + b_i.T @ db_t) + xdbt
+        rdot = (batched(torch.cat([pd, mix, p, left], 1))
+                @ batched(torch.cat([ybi, q, ydbi, qd], 1)).transpose(1, 2))
+        alpha_u = (((xbi + p @ gram_i) * pd).sum(1) + ((xdbi + p @ (b_i.T @ db_i)) * p).sum(1)) / rho_u**2
+        alpha_w = (((ybt + q @ gram_t) * qd).sum(1) + ((ydbt + q @ (b_t.T @ db_t)) * q).sum(1)) / rho_w**2
+        c_dot = rdot * inv_u * inv_w - batched(alpha_u[:, None]) * c - c * batched(alpha_w[:, None]).transpose(1, 2)
+        return c, c_dot
 
     def embed_jvp(self, theta, v, data):
         a_i, b_i, a_t, b_t = self.factors(theta)

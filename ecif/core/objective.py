@@ -100,6 +100,7 @@ class ContrastiveObjective:
             self.data, self.index, self.valid, self._bdata = (_parent.data, _parent.index, _parent.valid,
                                                               _parent._bdata)
             self._bdata_cast = _parent._bdata_cast  # the same cache of lower-precision copies
+            self._bconst = _parent._bconst
         else:
             self.data = param.prepare(x, y)
             self.index, self.valid = batching.padded(device)
@@ -108,7 +109,10 @@ class ContrastiveObjective:
             # contiguous slice, with no gather per product
             rows = self.index.reshape(-1)
             self._bdata = param.take(self.data, rows)
-            self._bdata_cast: dict[torch.dtype, Prepared] = {}
+            self._bdata_cast: dict = {}
+            # per-batch constants of the parametrization's own cosines (LoRA heads: the frozen
+            # base's batch numerators), computed once and shared with :meth:`without`
+            self._bconst = param.batch_constants(self._bdata, self.index.shape[1])
         self.removed = self._check_remove(remove) if remove is not None else np.zeros(0, np.int64)
         removed_mask = torch.zeros(n, dtype=torch.bool, device=device)
         removed_mask[torch.as_tensor(self.removed, device=device)] = True
@@ -219,6 +223,16 @@ class ContrastiveObjective:
                 for f in fields(data) for v in (getattr(data, f.name),)})
         return self._bdata_cast[dtype]
 
+    def _chunk_const(self, sl: slice, dtype: torch.dtype = DTYPE) -> torch.Tensor:
+        """The parametrization's batch constants of the batches ``sl`` in ``dtype`` (a lower-
+        precision copy of all of them made on first use and kept, as for the data)."""
+        if dtype == DTYPE:
+            return self._bconst[sl]
+        key = ("const", dtype)
+        if key not in self._bdata_cast:
+            self._bdata_cast[key] = self._bconst.to(dtype)
+        return self._bdata_cast[key][sl]
+
     def _batched(self, z: torch.Tensor, sl: slice) -> torch.Tensor:
         """Rows ``(m * b_max, e)`` of a chunk as ``(m, b_max, e)``."""
         return z.reshape(-1, self.index.shape[1], z.shape[-1])
@@ -230,6 +244,9 @@ class ContrastiveObjective:
 
     def _chunk_similarity(self, theta: torch.Tensor, sl: slice) -> torch.Tensor:
         """``S`` of the batches ``sl``, ``(m, b_max, b_max)`` (see :meth:`similarity`)."""
+        if self.param.low_rank_cosines:
+            c = self.param.batch_cosines(theta, self._chunk_data(sl), self._chunk_const(sl), self.index.shape[1])
+            return torch.exp(self.param.log_scale(theta)) * c
         u, v = self.param.embed(theta, self._chunk_data(sl))
         u, v = u / u.norm(dim=1, keepdim=True), v / v.norm(dim=1, keepdim=True)
         ub, vb = self._batched(u, sl), self._batched(v, sl)
@@ -241,6 +258,22 @@ class ContrastiveObjective:
         ``theta``. Computed in the dtype of ``theta`` (the data is taken in that dtype)."""
         return tuple(self._batched(z, sl) for z in self._normalised_jvp(
             *self.param.embed_jvp(theta, v, self._chunk_data(sl, theta.dtype))))
+
+    def _chunk_cosines_jvp(self, theta: torch.Tensor, v: torch.Tensor, sl: slice):
+        """The parametrization's own cosines ``C`` and ``Cdot`` along ``v`` of the batches ``sl``
+        (``low_rank_cosines`` only), in the dtype of ``theta``; differentiable in ``theta``."""
+        return self.param.batch_cosines(theta, self._chunk_data(sl, theta.dtype), self._chunk_const(sl, theta.dtype),
+                                        self.index.shape[1], v=v)
+
+    def _chunk_s_sdot(self, theta: torch.Tensor, v: torch.Tensor, sl: slice):
+        """``S`` and ``Sdot`` (derivative along ``v``) of the batches ``sl``, ``(m, b_max, b_max)``
+        each, by whichever path the parametrization has (no graph kept: for the directional pass)."""
+        sc, td = torch.exp(self.param.log_scale(theta)), self.param.log_scale(v)
+        if self.param.low_rank_cosines:
+            c, c_dot = self._chunk_cosines_jvp(theta, v, sl)
+            s = sc * c
+            return s, td * s + sc * c_dot
+        return self._s_sdot(sc, td, *self._chunk_embeddings_jvp(theta, v, sl))
 
     @staticmethod
     def _s_sdot(sc, td, u, w, u_dot, w_dot):
@@ -337,6 +370,19 @@ class ContrastiveObjective:
         v_low = v.to(low)
         hv = torch.zeros_like(v)  # float64 accumulator whatever the precision of the products
         td = float(self.param.log_scale(v))
+        if self.param.low_rank_cosines:
+            # psi = <S, Gdot> + <Sdot, G> = s [<C, Gdot + td G> + <Cdot, G>] with S = s C
+            for sl in self._chunks():
+                c, c_dot = self._chunk_cosines_jvp(th, v_low, sl)
+                with torch.no_grad():
+                    sc = torch.exp(self.param.log_scale(th.detach()))
+                    s = sc * c.detach()
+                    g, g_dot = terms.hvp_cotangents(s, td * s + sc * c_dot.detach(), self.masks.select(sl), self.n)
+                    g_dot.add_(g, alpha=td)
+                psi = torch.exp(self.param.log_scale(th)) * ((c * g_dot).sum() + (c_dot * g).sum())
+                (hc,) = torch.autograd.grad(psi, th)
+                hv += hc
+            return hv + self.lam * v if self.lam else hv
         for sl in self._chunks():
             parts = self._chunk_embeddings_jvp(th, v_low, sl)
             with torch.no_grad():
@@ -412,8 +458,7 @@ class ContrastiveObjective:
         per_slot = {name: [] for name in TERMS}
         with torch.no_grad():
             for sl in self._chunks():  # streamed over batch chunks, as in :meth:`hvp`
-                sc = torch.exp(self.param.log_scale(theta))
-                s, s_dot = self._s_sdot(sc, self.param.log_scale(direction), *self._chunk_embeddings_jvp(theta, direction, sl))
+                s, s_dot = self._chunk_s_sdot(theta, direction, sl)
                 d = terms.directional_terms(s, s_dot, self.masks.select(sl))
                 for name in TERMS:
                     per_slot[name].append(d[name])
