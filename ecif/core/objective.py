@@ -348,6 +348,11 @@ class ContrastiveObjective:
         dense autograd Hessian (``python -m ecif.experiments.bench`` prints both as ``hvp_s``,
         ``hvp_autograd_s``).
 
+        Parametrizations with their own batch cosines (``low_rank_cosines``: LoRA heads,
+        docs/math.md §21) give ``S = s C`` and ``Sdot`` from low-rank products instead of the
+        embeddings; ``psi = s [<C, Gdot + t_dot G> + <Cdot, G>]`` is then differentiated through
+        those, and no product at the embedding width runs.
+
         ``precision="float32"`` (structured product only): each chunk's product runs on float32
         copies of ``theta``, ``v`` and the prepared features (embeddings, similarities,
         softmaxes, cotangents, the reverse pass), and the chunks' contributions are summed in
@@ -445,7 +450,7 @@ class ContrastiveObjective:
         """Directional derivatives ``grad T_k(theta)^T h`` for every pair and every term.
 
         One forward pass gives ``S`` and ``Sdot``, the derivative of the batch similarities along
-        ``h`` (the parametrization's ``embed_jvp``), streamed over batch chunks; the per-pair derivatives follow from ``S`` and ``Sdot`` in closed form
+        ``h`` (the parametrization's ``batch_cosines`` or ``embed_jvp``), streamed over batch chunks; the per-pair derivatives follow from ``S`` and ``Sdot`` in closed form
         (docs/math.md §7, :func:`ecif.core.terms.directional_terms`). No per-pair backward pass.
 
         Returns a dict of ``(n,)`` tensors keyed by ``"pos"``, ``"neg"``, ``"negexact"``

@@ -12,14 +12,17 @@ synthetic frozen features of CLIP-like width (``--dim`` 512, embedding width 256
 on both projections, float64), it measures in the same process run:
 
 * ``fit_s``: the base fit ``theta_hat`` (Newton-CG to ``gtol``, started from a fit of a
-  subsample of the batches when ``n > 4 * --subsample``), not part of the ratios;
+  subsample of the batches when ``n > 4 * --subsample``; its CG steps use float32 products with
+  ``--fit-precision mixed``, the default, and the spectral preconditioner of the solve below
+  where there is one), not part of the ratios;
 * ``solve_s``: one CG solve ``h = (H + mu I)^-1 grad L_val`` to ``rtol = 1e-6``, including the
   build of its preconditioner where there is one (``precond_pairs`` pairs, ``precond_s``
   seconds; :func:`default_precondition`); ``cg_iterations`` full Hessian-vector products;
 * ``score_s``: the all-pairs directional pass giving ``IS(k)`` for every pair and all four
   variants (positive, negative, ecif, newton) at once; ``ecif_all_pairs_s = solve_s + score_s``;
 * ``retrain_s``: one leave-one-out retraining warm-started from ``theta_hat`` to the same
-  ``gtol``, the cheapest possible ground truth for a single pair; ``retrain_grad0`` is the
+  ``gtol`` (Newton-CG with the base fit's products and preconditioner), the cheapest possible
+  ground truth for a single pair; ``retrain_grad0`` is the
   gradient norm of ``L_{-k}`` at ``theta_hat`` where it starts;
 * ``cold_retrain_s``: the same leave-one-out retraining from ``theta0`` (the paper's
   "retrain"), with the base fit's procedure (same subsample start);
@@ -73,7 +76,7 @@ __all__ = ["run_one", "main", "write_csv"]
 def run_one(n: int, batch: int | None, dim: int = 512, width: int = 256, rank: int = 8, lam: float = 1.0,
             gtol: float = 1e-9, threads: int = 2, seed: int = 0, subsample: int | None = 4000,
             precondition: int | None = None, progress: bool = True, precisions=("float64",),
-            retrain: bool = True) -> dict:
+            retrain: bool = True, fit_precision: str = "mixed") -> dict:
     """Measure one configuration; returns a dict of timings (seconds), ratios and peak memory.
 
     ``subsample``: the fit's subsample start (:func:`ecif.core.fit.fit`), used by the base fit
@@ -82,7 +85,9 @@ def run_one(n: int, batch: int | None, dim: int = 512, width: int = 256, rank: i
     ``progress``: fit steps and CG iterations on stderr. ``precisions``: solve and score once
     with each (``"float64"``, ``"mixed"``); the main columns are the first one's, and
     ``"by_precision"`` holds one dict per precision (see :data:`PRECISION_COLUMNS`).
-    ``retrain=False``: skip the two retrainings (their columns and ratios are ``None``)."""
+    ``retrain=False``: skip the two retrainings (their columns and ratios are ``None``).
+    ``fit_precision``: the base fit's and the cold retraining's Newton-CG products
+    (:func:`ecif.core.fit.fit`'s ``precision``)."""
     from ecif.core.batching import BatchingProtocol
     from ecif.core.evaluate import validation_gradient
     from ecif.core.fit import fit
@@ -107,7 +112,8 @@ def run_one(n: int, batch: int | None, dim: int = 512, width: int = 256, rank: i
 
     say("base fit")
     t0 = time.perf_counter()
-    res = fit(obj, gtol=gtol, method="newton-cg", progress=progress, subsample=subsample)
+    res = fit(obj, gtol=gtol, method="newton-cg", progress=progress, subsample=subsample, precondition=precondition,
+              precision=fit_precision)
     fit_s = time.perf_counter() - t0
     say(f"base fit: {fit_s:.1f} s, |grad| {res.grad_norm:.1e}")
 
@@ -161,12 +167,14 @@ def run_one(n: int, batch: int | None, dim: int = 512, width: int = 256, rank: i
     if retrain:
         say("one warm retraining")
         t0 = time.perf_counter()
-        refit = retrain_fit(obj, res.theta, [k], gtol=gtol, max_iter=100, method="newton-cg", progress=progress)
+        refit = retrain_fit(obj, res.theta, [k], gtol=gtol, max_iter=100, method="newton-cg", progress=progress,
+                            precondition=precondition, precision=fit_precision)
         retrain_s = time.perf_counter() - t0
         say(f"warm retraining: {retrain_s:.1f} s; one cold retraining")
         t0 = time.perf_counter()
         cold = retrain_fit(obj, res.theta, [k], init="theta0", gtol=gtol, max_iter=100, method="newton-cg",
-                           subsample=subsample, progress=progress)
+                           subsample=subsample, progress=progress, precondition=precondition,
+                           precision=fit_precision)
         cold_s = time.perf_counter() - t0
 
     def rnd(x, digits):
@@ -270,6 +278,8 @@ def main(argv=None) -> None:
     ap.add_argument("--precision", nargs="+", default=["float64"], choices=["float64", "mixed"],
                     help="solve and score with each (one base fit; the first gives the main row)")
     ap.add_argument("--no-retrain", action="store_true", help="skip the warm and cold retraining")
+    ap.add_argument("--fit-precision", default="mixed", choices=["float64", "mixed"],
+                    help="products of the base fit's and the cold retraining's Newton-CG steps")
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     ap.add_argument("--json", action="store_true", help="print one JSON line (used by the grid)")
     ap.add_argument("--csv", metavar="PATH", help="also write the rows to this CSV file (rewritten after each "
@@ -278,7 +288,8 @@ def main(argv=None) -> None:
     if args.n is not None and len(args.n) == 1:
         row = run_one(args.n[0], args.batch or None, args.dim, args.width, args.rank, gtol=args.gtol,
                       threads=args.threads, subsample=args.subsample or None, precondition=args.precondition,
-                      progress=not args.quiet, precisions=tuple(args.precision), retrain=not args.no_retrain)
+                      progress=not args.quiet, precisions=tuple(args.precision), retrain=not args.no_retrain,
+                      fit_precision=args.fit_precision)
         print(json.dumps(row) if args.json else _tables([row]), flush=True)
         if args.csv:
             write_csv([row], args.csv)
@@ -291,7 +302,8 @@ def main(argv=None) -> None:
                str(args.threads), "--gtol", str(args.gtol), "--subsample", str(args.subsample), "--json"]
         if args.precondition is not None:
             cmd += ["--precondition", str(args.precondition)]
-        cmd += ["--precision", *args.precision] + (["--no-retrain"] if args.no_retrain else [])
+        cmd += ["--precision", *args.precision, "--fit-precision", args.fit_precision]
+        cmd += ["--no-retrain"] if args.no_retrain else []
         if args.quiet:
             cmd.append("--quiet")
         # progress goes straight to our stderr; the row comes back as the last stdout line

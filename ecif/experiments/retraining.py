@@ -47,21 +47,23 @@ LOO_COLUMNS = ("pair", "actual", "grad_norm", "iterations", "converged", "second
 
 def retrain(objective, theta_hat: torch.Tensor, remove, *, init: str = "warm", gtol: float = 1e-9,
             max_iter: int = 200, method: str = "auto", preconditioner=None, subsample: int | None = None,
-            progress=None) -> FitResult:
+            progress=None, precondition: int | None = None, precision: str = "float64") -> FitResult:
     """``argmin L_{-R}``; ``remove`` is an index array or a boolean mask ``(n,)``.
 
     ``init``: ``"warm"`` (from ``theta_hat``, default) or ``"theta0"`` (from the start). The
     preconditioner is only used for warm starts (it is the Hessian at ``theta_hat``). ``method``
     (``"newton"``, ``"newton-cg"`` or ``"auto"``) is the Newton step used without a
     preconditioner, or once the preconditioned steps stall. ``subsample`` and ``progress``: as in
-    :func:`~ecif.core.fit.fit` (a subsample start applies to ``init="theta0"`` only)."""
+    :func:`~ecif.core.fit.fit` (a subsample start applies to ``init="theta0"`` only), as are
+    ``precondition`` (a spectral preconditioner of the Newton-CG steps from a subsample) and
+    ``precision`` (float32 products in those steps), used for cold retraining at large ``n``."""
     if init not in ("warm", "theta0"):
         raise ValueError(f"init must be 'warm' or 'theta0', got {init!r}.")
     obj = objective.without(remove)
     start = theta_hat if init == "warm" else None  # None: fit starts at theta0
     return fit(obj, theta_init=start, gtol=gtol, max_iter=max_iter, method=method,
                preconditioner=preconditioner if init == "warm" else None, subsample=subsample,
-               progress=progress)
+               progress=progress, precondition=precondition, precision=precision)
 
 
 def loo_val_changes(objective, theta_hat: torch.Tensor, val_objective, indices, *, gtol: float = 1e-9,

@@ -25,6 +25,32 @@ def test_newton_and_newton_cg_find_the_same_optimum():
     assert b.converged and torch.allclose(a.theta, b.theta, atol=1e-8)
 
 
+def test_mixed_precision_fit_reaches_the_float64_optimum():
+    """float32 products in the Newton-CG steps (with a subsample start and a spectral
+    preconditioner) change the path, not the optimum: the float64 gradient reaches gtol and the
+    result equals the float64 fit's within the basin's conditioning."""
+    from ecif.core.batching import BatchingProtocol
+    from ecif.core.heads import LoRAHeads
+    from ecif.core.objective import ContrastiveObjective
+    from ecif.data.synthetic import synthetic_pairs
+
+    d = synthetic_pairs(400, n_val=4, d_img=16, d_txt=12, width=24, n_classes=5, latent=6, shuffle_rate=0.1, seed=2)
+    obj = ContrastiveObjective(LoRAHeads(d.w_img0, d.w_txt0, d.log_scale0, rank=2, seed=2), d.x, d.y,
+                               BatchingProtocol.from_seed(400, 25, 2), lam=0.5)
+    ref = fit(obj, method="newton-cg", gtol=1e-10)
+    lines = []
+    mixed = fit(obj, method="newton-cg", gtol=1e-10, subsample=50, precondition=50, precision="mixed",
+                progress=lines.append)
+    assert ref.converged and mixed.converged
+    assert float(obj.gradient(mixed.theta).norm()) <= 1e-10
+    assert float((mixed.theta - ref.theta).norm()) < 1e-8 * float(ref.theta.norm())
+    assert {line["n"] for line in lines} > {400}  # the subsample stages ran first
+    with pytest.raises(ValueError, match="precision='mixed' needs method='newton-cg'"):
+        fit(obj, method="newton", precision="mixed")
+    with pytest.raises(ValueError, match="unknown fit precision"):
+        fit(obj, precision="float16")
+
+
 def test_unconverged_fit_warns_and_flags():
     obj = tiny_objective("linear", n=20, lam=0.1)
     with pytest.warns(ConvergenceWarning, match="did not converge"):
