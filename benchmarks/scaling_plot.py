@@ -1,7 +1,6 @@
 """Draw the benchmark's scaling plot: seconds against the number of pairs n, both axes logarithmic.
 
-    python -m ecif.experiments.bench --n 1000 4000 16000 100000 --batch 256 --threads 1 \
-        --precision mixed --csv benchmarks/scaling.csv
+    python -m ecif.experiments.bench --precision mixed float64 --csv benchmarks/scaling.csv
     python benchmarks/scaling_plot.py benchmarks/scaling.csv docs/img/scaling.png
 
 Reads the CSV that ``--csv`` writes (one row per n) and draws four lines, one colour each:
@@ -9,7 +8,8 @@ scoring every pair (``ecif_all_pairs_s``: the influence solve plus the all-pairs
 leave-one-out retraining (``retrain_s``, from the optimum), one cold retraining
 (``cold_retrain_s``, from the initial parameters) and the full leave-one-out estimate, ``n`` cold
 retrainings (``n * cold_retrain_s``, extrapolated from the one measured). Rows without a value
-(a run stopped early) are left out of that line.
+(a run stopped early) are left out of that line. Only the rows of one batch size are drawn
+(``--batch``, default 256; the default grid also has one-full-batch rows).
 """
 
 from __future__ import annotations
@@ -31,9 +31,12 @@ LINES = [
 ]
 
 
-def draw(table: pd.DataFrame, out: str, title: str | None = None) -> None:
-    """Write the log-log plot of ``table`` (the bench's CSV rows) to ``out``."""
-    t = table.sort_values("n").copy()
+def draw(table: pd.DataFrame, out: str, title: str | None = None, batch: str = "256") -> None:
+    """Write the log-log plot of the rows of ``table`` (the bench's CSV rows) with batch size
+    ``batch`` (as the CSV writes it: a number or ``full``) to ``out``."""
+    t = table[table["batch"].astype(str) == str(batch)].sort_values("n").copy()
+    if t.empty:
+        raise ValueError(f"no rows with batch {batch!r} in the table; pick one of {sorted(set(table['batch'].astype(str)))}.")
     t["loo_all"] = t["n"] * t["cold_retrain_s"]
     fig, ax = plt.subplots(figsize=(7, 4.6))
     for col, label, colour in LINES:
@@ -58,8 +61,9 @@ def main(argv=None) -> None:
     ap.add_argument("csv", help="the bench's rows (python -m ecif.experiments.bench ... --csv PATH)")
     ap.add_argument("out", nargs="?", default="docs/img/scaling.png", help="the PNG to write")
     ap.add_argument("--title", help="plot title")
+    ap.add_argument("--batch", default="256", help="the batch size whose rows are drawn (default 256)")
     args = ap.parse_args(argv)
-    draw(pd.read_csv(args.csv), args.out, args.title)
+    draw(pd.read_csv(args.csv), args.out, args.title, args.batch)
     print(f"wrote {args.out}")
 
 

@@ -36,8 +36,9 @@ on both projections, float64), it measures in the same process run:
 * ``peak_rss_gib``: the process's peak resident memory (each configuration runs in its own
   subprocess so the peaks do not mix).
 
-``--precision float64 mixed`` solves and scores once per precision after the one base fit (the
-first precision gives the main row; ``mixed`` is CG on float32 Hessian-vector products refined
+``--precision`` (default ``mixed``) picks how the influence is solved; ``--precision mixed
+float64`` solves and scores once per precision after the one base fit (the first precision gives
+the main row; ``mixed`` is CG on float32 Hessian-vector products refined
 with float64 residuals to the same ``rtol``, docs/math.md §15) and prints a second table, one
 row per configuration and precision: ``f32_products`` / ``f64_products`` (Hessian-vector
 products of each precision in the solve), ``solve_s``, ``score_s``, ``hvp_s`` (one product of
@@ -275,7 +276,7 @@ def main(argv=None) -> None:
                     help="subsample start of the base fit and the cold retraining (0 = none)")
     ap.add_argument("--precondition", type=int, default=None,
                     help="pairs whose Hessian preconditions CG (default: 4096 from n = 32768 on; 0 = plain CG)")
-    ap.add_argument("--precision", nargs="+", default=["float64"], choices=["float64", "mixed"],
+    ap.add_argument("--precision", nargs="+", default=["mixed"], choices=["float64", "mixed"],
                     help="solve and score with each (one base fit; the first gives the main row)")
     ap.add_argument("--no-retrain", action="store_true", help="skip the warm and cold retraining")
     ap.add_argument("--fit-precision", default="mixed", choices=["float64", "mixed"],
