@@ -109,8 +109,8 @@ def _scorer(engine, variant: str, scorer: CulpritScorer | None) -> CulpritScorer
     if scorer is None:
         return CulpritScorer(engine, variant)
     if scorer.engine is not engine or scorer.variant != variant:
-        raise ValueError(f"scorer scores variant {scorer.variant!r} of another engine or variant than "
-                         f"{variant!r}: build it as CulpritScorer(engine, {variant!r}).")
+        raise ValueError(f"the scorer was built for another engine or variant (its variant {scorer.variant!r}, "
+                         f"wanted {variant!r}): pass CulpritScorer(engine, {variant!r}) of this engine.")
     return scorer
 
 
