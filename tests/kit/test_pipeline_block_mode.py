@@ -11,6 +11,7 @@ cleaning, EMI: many minutes in block mode) are the repository's own metrics file
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -93,8 +94,6 @@ def test_block_mode_peers_traceback_and_summary(block_run) -> None:
     # removing the traced culprits moves the item's margin up (the first-order prediction's sign)
     assert tb["traceback"]["is_k2"]["margin_gain"] > 0 and tb["traceback"]["ris_k2"]["margin_gain"] > 0
     assert 0.0 <= tb["gallery_misaligned_share"] <= 1.0
-    import csv
-
     rows = list(csv.DictReader((root / "plots" / "traceback.csv").open()))
     assert len(rows) == 3 and all(r["converged"] == "True" for r in rows)
     summary = (root / "reports" / "tables" / "summary.md").read_text()
