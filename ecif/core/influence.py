@@ -38,6 +38,11 @@ def _check_variant(variant: str) -> tuple[str, ...]:
     return VARIANT_TERMS[variant]
 
 
+def _column(norms: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``norms (m,)`` as is for a ``(m,)`` ``like``, as a column ``(m, 1)`` for a ``(m, k)`` one."""
+    return norms if like.ndim == 1 else norms[:, None]
+
+
 class ECIF:
     """Influence engine for a :class:`~ecif.core.objective.ContrastiveObjective` at ``theta_hat``.
 
@@ -108,8 +113,15 @@ class ECIF:
             )
         for v in variants:
             _check_variant(v)
-        h = self.solver.solve(val_gradient)
-        d = self.objective.directional_terms(self.theta_hat, h)
+        return self.scores_along(self.solver.solve(val_gradient), variants)
+
+    def scores_along(self, direction: torch.Tensor, variants=VARIANTS) -> dict[str, torch.Tensor]:
+        """``(1/n) grad T_k^T h`` for every training pair and a solved direction ``h`` ``(P,)``,
+        per variant (dict of ``(n,)`` tensors): :meth:`influence_scores` once ``h = (H + mu I)^-1
+        grad L_val`` is known, for callers that need ``h`` itself too. One forward-mode pass."""
+        for v in variants:
+            _check_variant(v)
+        d = self.objective.directional_terms(self.theta_hat, direction)
         return {v: sum(d[t] for t in VARIANT_TERMS[v]) / self.n for v in variants}
 
     def predicted_change(self, val_gradient: torch.Tensor, remove, variant: str = "ecif") -> float:
@@ -134,13 +146,17 @@ class ECIF:
         """
         gz = torch.as_tensor(item_gradient, dtype=DTYPE, device=self.theta_hat.device)
         g = self.objective.pair_gradients(self.theta_hat, _check_variant(variant), indices, chunk_size) / self.n
-        hz = self.solver.solve(gz)
-        num = g @ hz
+        num = g @ self.solver.solve(gz)
+        return num / _column(self.shift_norms(g), num).clamp_min(1e-300)
+
+    def shift_norms(self, pair_gradients: torch.Tensor) -> torch.Tensor:
+        """``||(H + mu I)^-1 g_k||`` for the rows ``g_k`` of ``pair_gradients`` ``(m, P)``, shape
+        ``(m,)``: ``||Delta theta(k)||`` when the rows are ``(1/n) grad T_k``. Independent of any
+        test item, so a caller scoring many items computes it once. From the factorised Hessian
+        (dense solver), else one solve per row."""
         if isinstance(self.solver, DenseSolver):
-            norms = self.solver.inverse_norms(g)
-        else:
-            norms = self.solver.solve(g.T).norm(dim=0)
-        return num / (norms if num.ndim == 1 else norms[:, None]).clamp_min(1e-300)
+            return self.solver.inverse_norms(pair_gradients)
+        return self.solver.solve(pair_gradients.T).norm(dim=0)
 
     def self_influence(self, indices=None, variant: str = "ecif", chunk_size: int = 64) -> torch.Tensor:
         """``grad Pos_k^T Delta theta(k)``: predicted change of pair ``k``'s own contrastive loss

@@ -79,11 +79,13 @@ def exercise_half_set(engine, val, scores, m: int, variant: str = "ecif") -> lis
 
 
 # --------------------------------------------------------------------------- 09 traceback
-def exercise_culprit_overlap(engine, test, item: int, k: int) -> list[str]:
-    """Exercise: how many of the top-``k`` culprits of one item RIS and IS share."""
-    from ecif.experiments.misprediction import culprit_scores
+def exercise_culprit_overlap(engine, test, item: int, k: int, scorer=None) -> list[str]:
+    """Exercise: how many of the top-``k`` culprits of one item RIS and IS share. ``scorer``: the
+    stage's :class:`~ecif.experiments.misprediction.CulpritScorer` of ``engine`` (variant ecif),
+    to reuse its per-pair part; ``None`` builds one."""
+    from ecif.experiments.misprediction import CulpritScorer
     g = test.subset([int(item)]).item_gradients(engine.objective.param, engine.theta_hat)[:, 0]
-    s = culprit_scores(engine, g)
+    s = (scorer or CulpritScorer(engine))(g)
     top = {m: set(np.argsort(-v, kind="stable")[:k].tolist()) for m, v in s.items()}
     return [f"test item {int(item)}: the top {k} culprits by RIS and by IS share {len(top['ris'] & top['is'])} of them."]
 

@@ -63,3 +63,35 @@ def test_least_confident_items_are_the_mispredicted_of_smallest_loss(tp, test_se
     others = np.setdiff1d(wrong, least)
     assert others.size == 0 or margins[least].min() >= margins[others].max()
     np.testing.assert_array_equal(most, wrong[:2])  # mispredicted() lists the most confidently wrong first
+
+
+def test_scorer_pays_the_per_pair_part_once():
+    """A CulpritScorer on a CG engine (a 60-pair tiny problem): the same culprit scores as the
+    dense engine's influence_scores and relative_influence, and after the first item every further
+    item costs exactly one solve (the n per-pair solves of the shift norms are not repeated)."""
+    from tiny_problem import tiny_problem
+
+    from ecif.core.influence import ECIF
+    from ecif.experiments.misprediction import CulpritScorer
+    from ecif.experiments.zeroshot import ZeroShotSet
+
+    tp = tiny_problem(n=60, batch_size=20)
+    test_set = ZeroShotSet(tp.data.x_val, tp.data.class_text, tp.data.labels_val)
+    cg = ECIF(tp.obj, tp.theta, solver="cg", materialise=False)
+    scorer = CulpritScorer(cg, chunk=64)
+    wrong = test_set.mispredicted(tp.param, tp.theta)[:2]
+    grads = test_set.item_gradients(tp.param, tp.theta)
+    first = scorer(grads[:, wrong[0]])
+    solves = len(cg.solver.report["solves"])
+    assert solves == tp.obj.n + 1  # one solve per pair (shift norms) and one for the item
+    second = scorer(grads[:, wrong[1]])
+    assert len(cg.solver.report["solves"]) == solves + 1
+    for z, s in zip(wrong, (first, second)):
+        g = grads[:, z]
+        np.testing.assert_allclose(s["is"], -tp.engine.influence_scores(g, variants=("ecif",))["ecif"].numpy(),
+                                   rtol=1e-6, atol=1e-12)
+        np.testing.assert_allclose(s["ris"], -tp.engine.relative_influence(g).numpy(), rtol=1e-6, atol=1e-12)
+    with pytest.raises(ValueError, match="scorer"):
+        trace_gallery(tp.engine, test_set, wrong, scorer=scorer)  # a scorer of another engine
+    with pytest.raises(ValueError, match="variant"):
+        CulpritScorer(cg, "ris")
