@@ -16,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,7 @@ def run_pipeline(root: Path, overrides: dict, stages: list[str] | None = None,
     expanded = [cell for n, st in dvc_stages.items() if stages is None or n in stages
                 for cell in _expand(n, st, params)]
     for name, stage in expanded:
+        started = time.perf_counter()
         proc = subprocess.run(
             shlex.split(stage["cmd"]),
             check=False,
@@ -121,6 +123,7 @@ def run_pipeline(root: Path, overrides: dict, stages: list[str] | None = None,
         assert proc.returncode == 0, (
             f"stage {name} failed:\n{proc.stdout}\n{proc.stderr}"
         )
+        print(f"[run_pipeline] {name}: {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
         # every declared output exists
         for out in stage.get("outs", []) + stage.get("metrics", []):
             path = next(iter(out)) if isinstance(out, dict) else out

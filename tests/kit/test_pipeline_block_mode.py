@@ -48,7 +48,7 @@ def block_run(tmp_path_factory):
     overrides = {
         "noise": {"n_gallery": 4},
         "encoder": {"epochs": 4},
-        "finetune": {"mode": "blocks", "blocks": 1, "targets": ["qv"], "lam": 0.3, "n_train": 60, "batch_size": 32},
+        "finetune": {"mode": "blocks", "blocks": 1, "targets": ["qv"], "lam": 0.3, "n_train": 40, "batch_size": 20},
         "loo": {"n_pairs": 5, "n_misaligned": 2},  # peers correlates the 3 clean pairs too
         "traceback": {"n_items": 1, "ks": [2], "n_random": 1, "n_gallery": 1, "top": 2},
         # check_params refuses a block-mode cleaning.lam or ablation.lams below 0.3
