@@ -80,7 +80,8 @@ def run_pipeline(root: Path, overrides: dict, stages: list[str] | None = None,
     ``overrides``: ``{group: {key: value}}`` merged into a copy of ``params.yaml``; ``stages``:
     the stage names to run (``None``: all; a ``matrix`` stage is named without its ``@cell``);
     ``data``: extra folders linked into the copy (``{relative path: source}``) for data sets that
-    are not embedded. Asserts that each stage exits 0 and writes every declared output.
+    are not embedded. Asserts that each stage exits 0 and writes every declared output, and
+    prints each stage's seconds to stderr (shown with ``pytest -s``).
     """
     root.mkdir(parents=True, exist_ok=True)
     shutil.copytree(ROOT / "notebooks", root / "notebooks")
