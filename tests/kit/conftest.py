@@ -16,7 +16,9 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -73,9 +75,29 @@ def _expand(name: str, stage: dict, params: dict) -> list[tuple[str, dict]]:
     return cells
 
 
+#: Stages of one run_pipeline call run at most this many at a time (each notebook runs with
+#: common.threads torch threads, 1 by default): independent stages, e.g. the shapes branch next
+#: to the digits one, overlap on a multi-core machine.
+STAGE_WORKERS = max(1, min(4, os.cpu_count() or 1))
+
+
+def _paths(entries) -> list[str]:
+    """The paths of a ``deps``/``outs``/``metrics``/``plots`` list of ``dvc.yaml`` (plain strings
+    or one-key dicts with options)."""
+    return [next(iter(e)) if isinstance(e, dict) else str(e) for e in entries or []]
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """Whether one path is the other or lies inside it (a dep on a folder's file, or on a folder)."""
+    a, b = a.rstrip("/"), b.rstrip("/")
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
 def run_pipeline(root: Path, overrides: dict, stages: list[str] | None = None,
                  data: dict[str, Path] | None = None) -> Path:
-    """Run the stage commands of ``dvc.yaml`` in order in a fresh project copy under ``root``.
+    """Run the stage commands of ``dvc.yaml`` in a fresh project copy under ``root``, in DVC's
+    order: a stage starts once every earlier stage that writes one of its deps is done, and
+    independent stages overlap (at most :data:`STAGE_WORKERS` at a time).
 
     ``overrides``: ``{group: {key: value}}`` merged into a copy of ``params.yaml``; ``stages``:
     the stage names to run (``None``: all; a ``matrix`` stage is named without its ``@cell``);
@@ -111,24 +133,32 @@ def run_pipeline(root: Path, overrides: dict, stages: list[str] | None = None,
     dvc_stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     expanded = [cell for n, st in dvc_stages.items() if stages is None or n in stages
                 for cell in _expand(n, st, params)]
-    for name, stage in expanded:
-        started = time.perf_counter()
-        proc = subprocess.run(
-            shlex.split(stage["cmd"]),
-            check=False,
-            cwd=root,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        assert proc.returncode == 0, (
-            f"stage {name} failed:\n{proc.stdout}\n{proc.stderr}"
-        )
+    outs = [_paths(st.get("outs")) + _paths(st.get("metrics")) for _, st in expanded]
+    writes = [o + _paths(st.get("plots")) for o, (_, st) in zip(outs, expanded)]
+    # a stage waits for every earlier stage that writes one of its deps (DVC's own order)
+    needs = [[j for j in range(i) if any(_overlaps(d, o) for d in _paths(st.get("deps")) for o in writes[j])]
+             for i, (_, st) in enumerate(expanded)]
+    slots = threading.Semaphore(STAGE_WORKERS)
+
+    def run_stage(i: int, waits: list) -> None:
+        for w in waits:
+            w.result()  # re-raises a prerequisite's failure
+        name, stage = expanded[i]
+        with slots:
+            started = time.perf_counter()
+            proc = subprocess.run(shlex.split(stage["cmd"]), check=False, cwd=root, env=env,
+                                  capture_output=True, text=True)
+        assert proc.returncode == 0, f"stage {name} failed:\n{proc.stdout}\n{proc.stderr}"
         print(f"[run_pipeline] {name}: {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
-        # every declared output exists
-        for out in stage.get("outs", []) + stage.get("metrics", []):
-            path = next(iter(out)) if isinstance(out, dict) else out
+        for path in outs[i]:  # every declared output exists
             assert (root / path).exists(), f"stage {name} did not write {path}"
+
+    with ThreadPoolExecutor(max_workers=max(1, len(expanded))) as pool:
+        futures: list = []
+        for i in range(len(expanded)):
+            futures.append(pool.submit(run_stage, i, [futures[j] for j in needs[i]]))
+        for f in futures:
+            f.result()
     return root
 
 
