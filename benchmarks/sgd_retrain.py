@@ -44,13 +44,11 @@ import torch
 
 from ecif.core.batching import BatchingProtocol
 from ecif.core.evaluate import validation_gradient, validation_loss
-from ecif.core.fit import fit
-from ecif.core.heads import LoRAHeads
 from ecif.core.influence import ECIF
 from ecif.core.objective import ContrastiveObjective
-from ecif.data.synthetic import synthetic_pairs
-from ecif.experiments.bench import default_precondition
 from ecif.experiments.retraining import retrain
+
+from bench_problem import base_fit, build  # benchmarks/bench_problem.py, next to this script
 
 COLUMNS = ["n", "epoch", "sgd_s", "grad_norm", "dist_over_shift", "sgd_change", "exact_change", "ecif_change",
            "score_s", "score_over_sgd"]
@@ -101,16 +99,12 @@ def adam_epochs(batches, theta0: torch.Tensor, lam: float, epochs: int, lr: floa
 
 
 def run(n: int, epochs: int, checkpoints, lr: float, seed: int = 0, say=print, emit=print) -> None:
-    d = synthetic_pairs(n, n_val=1000, d_img=512, d_txt=512, width=256, n_classes=20, latent=32,
-                        shuffle_rate=0.1, seed=seed)
-    param = LoRAHeads(d.w_img0, d.w_txt0, d.log_scale0, rank=8, seed=seed)
-    batching = BatchingProtocol.from_seed(n, 256, seed)
-    obj = ContrastiveObjective(param, d.x, d.y, batching, lam=1.0)
-    val = ContrastiveObjective(param, d.x_val, d.y_val, BatchingProtocol.from_seed(1000, 256, seed + 1), lam=0.0)
-    pre = default_precondition(n)
+    prob = build(n, seed=seed)
+    d, batching, obj, val, pre = prob.data, prob.batching, prob.objective, prob.validation, prob.precondition
+    param = obj.param
 
     say(f"[n={n}] base fit")
-    res = fit(obj, gtol=1e-9, method="newton-cg", subsample=4000, precondition=pre, precision="mixed")
+    res = base_fit(prob)
     g_val = validation_gradient(val, res.theta)
     say(f"[n={n}] ECIF for every pair")
     t0 = time.perf_counter()

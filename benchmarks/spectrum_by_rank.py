@@ -20,12 +20,9 @@ import time
 
 import torch
 
-from ecif.core.batching import BatchingProtocol
-from ecif.core.fit import fit
-from ecif.core.heads import LoRAHeads
-from ecif.core.objective import ContrastiveObjective
 from ecif.core.solvers import lanczos_extremes
-from ecif.data.synthetic import synthetic_pairs
+
+from bench_problem import base_fit, build  # benchmarks/bench_problem.py, next to this script
 
 
 def main(argv=None) -> None:
@@ -38,14 +35,13 @@ def main(argv=None) -> None:
     if min(args.ranks) < 1:
         ap.error(f"ranks must be >= 1, got {args.ranks}.")
     torch.set_num_threads(args.threads)
-    d = synthetic_pairs(args.n, n_val=1000, d_img=512, d_txt=512, width=256, n_classes=20, latent=32,
-                        shuffle_rate=0.1, seed=0)
+    data = None
     print("rank | P | lambda_min | lambda_max | condition | seconds", flush=True)
     for r in args.ranks:
         t0 = time.perf_counter()
-        param = LoRAHeads(d.w_img0, d.w_txt0, d.log_scale0, rank=r, seed=0)
-        obj = ContrastiveObjective(param, d.x, d.y, BatchingProtocol.from_seed(args.n, 256, 0), lam=1.0)
-        res = fit(obj, gtol=1e-9, method="newton-cg", subsample=4000, precision="mixed")
+        prob = build(args.n, rank=r, data=data)
+        data, obj = prob.data, prob.objective
+        res = base_fit(prob)
         lo, hi = lanczos_extremes(lambda v: obj.hvp(res.theta, v, "float32"), obj.n_params, iters=args.iters)
         print(f"{r} | {obj.n_params} | {lo:.3g} | {hi:.3g} | {hi / lo:.3g} | {time.perf_counter() - t0:.1f}",
               flush=True)
