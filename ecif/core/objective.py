@@ -387,15 +387,15 @@ class ContrastiveObjective:
                 psi = torch.exp(self.param.log_scale(th)) * ((c * g_dot).sum() + (c_dot * g).sum())
                 (hc,) = torch.autograd.grad(psi, th)
                 hv += hc
-            return hv + self.lam * v if self.lam else hv
-        for sl in self._chunks():
-            parts = self._chunk_embeddings_jvp(th, v_low, sl)
-            with torch.no_grad():
-                sc = torch.exp(self.param.log_scale(th.detach()))
-                bars, t_bar = self._hvp_cotangents(sl, sc, td, *(z.detach() for z in parts))
-            psi = sum((z * bar).sum() for z, bar in zip(parts, bars)) + self.param.log_scale(th) * t_bar
-            (hc,) = torch.autograd.grad(psi, th)
-            hv += hc  # a float32 chunk is promoted: the sum over chunks is float64
+        else:
+            for sl in self._chunks():
+                parts = self._chunk_embeddings_jvp(th, v_low, sl)
+                with torch.no_grad():
+                    sc = torch.exp(self.param.log_scale(th.detach()))
+                    bars, t_bar = self._hvp_cotangents(sl, sc, td, *(z.detach() for z in parts))
+                psi = sum((z * bar).sum() for z, bar in zip(parts, bars)) + self.param.log_scale(th) * t_bar
+                (hc,) = torch.autograd.grad(psi, th)
+                hv += hc  # a float32 chunk is promoted: the sum over chunks is float64
         return hv + self.lam * v if self.lam else hv
 
     def _hvp_cotangents(self, sl: slice, sc, td: float, ub, wb, ub_dot, wb_dot):

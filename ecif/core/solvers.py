@@ -98,7 +98,25 @@ class DenseSolver:
         return coef.norm(dim=1)
 
 
-class CGSolver:
+class _IterativeSolver:
+    """What :class:`CGSolver` and :class:`MixedPrecisionSolver` share: the damped product that
+    counts itself in ``report[self._counter]``, and the failure rule (raise :class:`SolverError`
+    when ``strict``, else warn)."""
+
+    _counter = "products"
+
+    def _apply(self, v: torch.Tensor) -> torch.Tensor:
+        self.report[self._counter] += 1
+        out = self.hvp(v)
+        return out + self.damping * v if self.damping else out
+
+    def _fail(self, msg: str) -> None:
+        if self.strict:
+            raise SolverError(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+class CGSolver(_IterativeSolver):
     """Conjugate gradient on ``v -> H v + mu v``, matrix-free.
 
     Parameters
@@ -151,16 +169,6 @@ class CGSolver:
         self.rtol, self.strict, self.final_residual = float(rtol), strict, bool(final_residual)
         self.max_iter = int(max_iter) if max_iter is not None else min(max(100, 2 * self.n_params), 5000)
         self.report: dict = {"solver": "cg", "damping": self.damping, "solves": [], "products": 0}
-
-    def _apply(self, v: torch.Tensor) -> torch.Tensor:
-        self.report["products"] += 1
-        out = self.hvp(v)
-        return out + self.damping * v if self.damping else out
-
-    def _fail(self, msg: str) -> None:
-        if self.strict:
-            raise SolverError(msg)
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
     def _precondition(self, r: torch.Tensor) -> torch.Tensor:
         return r.clone() if self.preconditioner is None else self.preconditioner(r)
@@ -259,7 +267,7 @@ class CGSolver:
         return dense
 
 
-class MixedPrecisionSolver:
+class MixedPrecisionSolver(_IterativeSolver):
     """``(H + mu I)^-1 b`` by iterative refinement: CG on a cheap float32 product, corrected by
     float64 residuals (docs/math.md §15).
 
@@ -300,6 +308,8 @@ class MixedPrecisionSolver:
     the cap is reached.
     """
 
+    _counter = "float64_products"  # the float32 ones are counted by the inner CG
+
     def __init__(self, hvp: Callable[[torch.Tensor], torch.Tensor],
                  hvp_float32: Callable[[torch.Tensor], torch.Tensor], n_params: int, damping: float = 0.0,
                  rtol: float = 1e-10, inner_rtol: float = 1e-3, max_refinements: int = 30,
@@ -320,16 +330,6 @@ class MixedPrecisionSolver:
                               final_residual=False)
         self.report: dict = {"solver": "mixed", "damping": self.damping, "inner_rtol": self.inner_rtol,
                              "solves": [], "float32_products": 0, "float64_products": 0}
-
-    def _apply(self, v: torch.Tensor) -> torch.Tensor:
-        self.report["float64_products"] += 1
-        out = self.hvp(v)
-        return out + self.damping * v if self.damping else out
-
-    def _fail(self, msg: str) -> None:
-        if self.strict:
-            raise SolverError(msg)
-        warnings.warn(msg, RuntimeWarning, stacklevel=3)
 
     def _solve_one(self, b: torch.Tensor) -> torch.Tensor:
         x = torch.zeros_like(b)

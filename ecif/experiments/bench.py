@@ -67,11 +67,46 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["run_one", "main", "write_csv"]
+__all__ = ["BenchProblem", "build_problem", "run_one", "main", "write_csv"]
+
+
+@dataclass
+class BenchProblem:
+    """The problem one benchmark row measures."""
+
+    data: object  # the synthetic pairs (features, misaligned mask, base projections)
+    param: object  # the LoRAHeads parametrization
+    objective: object  # ContrastiveObjective: L over the n train pairs, regulariser lam
+    validation: object  # ContrastiveObjective: the validation loss over 1,000 pairs (lam = 0)
+
+
+def build_problem(n: int, batch: int | None = 256, dim: int = 512, width: int = 256, rank: int = 8,
+                  lam: float = 1.0, seed: int = 0, data=None) -> BenchProblem:
+    """The bench's problem: synthetic frozen features of CLIP-like width (``dim``-d image and
+    text features, embedding width ``width``, 20 classes, 10 % shuffled pairs, seeded), LoRA
+    heads of ``rank`` on both projections, fixed batches of ``batch`` pairs (``None``: one full
+    batch), regulariser ``lam``, and a validation set of 1,000 pairs. ``data``: reuse the
+    synthetic pairs of an earlier call with the same ``n``, ``dim``, ``width`` and ``seed``
+    (e.g. for a sweep of ranks). Also used by the scripts under ``benchmarks/``, so they study
+    the same problem as the bench."""
+    from ecif.core.batching import BatchingProtocol
+    from ecif.core.heads import LoRAHeads
+    from ecif.core.objective import ContrastiveObjective
+    from ecif.data.synthetic import synthetic_pairs
+
+    d = data if data is not None else synthetic_pairs(n, n_val=1000, d_img=dim, d_txt=dim, width=width,
+                                                      n_classes=20, latent=32, shuffle_rate=0.1, seed=seed)
+    param = LoRAHeads(d.w_img0, d.w_txt0, d.log_scale0, rank=rank, seed=seed)
+    return BenchProblem(
+        data=d, param=param,
+        objective=ContrastiveObjective(param, d.x, d.y, BatchingProtocol.from_seed(n, batch, seed), lam=lam),
+        validation=ContrastiveObjective(param, d.x_val, d.y_val, BatchingProtocol.from_seed(1000, batch, seed + 1),
+                                        lam=0.0))
 
 
 def run_one(n: int, batch: int | None, dim: int = 512, width: int = 256, rank: int = 8, lam: float = 1.0,
@@ -89,13 +124,9 @@ def run_one(n: int, batch: int | None, dim: int = 512, width: int = 256, rank: i
     ``retrain=False``: skip the two retrainings (their columns and ratios are ``None``).
     ``fit_precision``: the base fit's and the cold retraining's Newton-CG products
     (:func:`ecif.core.fit.fit`'s ``precision``)."""
-    from ecif.core.batching import BatchingProtocol
     from ecif.core.evaluate import validation_gradient
     from ecif.core.fit import fit
-    from ecif.core.heads import LoRAHeads
     from ecif.core.influence import ECIF
-    from ecif.core.objective import ContrastiveObjective
-    from ecif.data.synthetic import synthetic_pairs
     from ecif.experiments.retraining import retrain as retrain_fit
 
     torch.set_num_threads(threads)
@@ -105,11 +136,8 @@ def run_one(n: int, batch: int | None, dim: int = 512, width: int = 256, rank: i
         if progress:
             print(f"[n={n}] {msg}", file=sys.stderr, flush=True)
 
-    d = synthetic_pairs(n, n_val=1000, d_img=dim, d_txt=dim, width=width, n_classes=20, latent=32,
-                        shuffle_rate=0.1, seed=seed)
-    param = LoRAHeads(d.w_img0, d.w_txt0, d.log_scale0, rank=rank, seed=seed)
-    obj = ContrastiveObjective(param, d.x, d.y, BatchingProtocol.from_seed(n, batch, seed), lam=lam)
-    val = ContrastiveObjective(param, d.x_val, d.y_val, BatchingProtocol.from_seed(1000, batch, seed + 1), lam=0.0)
+    prob = build_problem(n, batch, dim=dim, width=width, rank=rank, lam=lam, seed=seed)
+    d, param, obj, val = prob.data, prob.param, prob.objective, prob.validation
 
     say("base fit")
     t0 = time.perf_counter()
